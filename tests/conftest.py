@@ -1,0 +1,18 @@
+"Shared pytest set-up: headless matplotlib, quiet fastai, and a temporary working folder per test."
+import os
+os.environ.setdefault('MPLBACKEND', 'Agg')
+import matplotlib
+matplotlib.use('Agg')
+import pytest
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    import matplotlib.pyplot as plt
+    yield
+    plt.close('all')
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    "Run the test inside a fresh temporary folder (Learner paths, checkpoints and images land there)"
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,31 @@
+"The shared test helper builds real Learners and runs real distributed training on the CPU."
+import torch
+from tsai_cbs.testing import synth_learner, synth_dls, run_distributed, TASKS
+
+def test_tasks_train(in_tmp):
+    for task in TASKS:
+        learn = synth_learner(task)
+        with learn.no_bar(), learn.no_logging(): learn.fit(3, lr=1e-2)
+        losses = [v[1] for v in learn.recorder.values]
+        assert losses[-1] < losses[0], (task, losses)
+
+def test_dls_options():
+    dls = synth_dls(n_train=50, bs=16, drop_last=True, num_workers=2)
+    assert len(dls.train) == 3
+    xb, yb = dls.train.one_batch()
+    assert xb.shape == (16, 3, 64) and yb.shape == (16,)
+
+def test_ddp_cpu(in_tmp):
+    res = run_distributed('''
+        import torch, torch.distributed as dist
+        from tsai_cbs.testing import synth_learner, patch_distributed_dl_for_cpu
+        patch_distributed_dl_for_cpu()
+        learn = synth_learner('regression')
+        with learn.distrib_ctx(cpu=True), learn.no_bar(), learn.no_logging():
+            learn.fit(1)
+            print('RANK', dist.get_rank(), type(learn.dls.train).__name__, len(learn.dls.train))
+    ''', nproc=2, cwd=in_tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = sorted(l for l in res.stdout.splitlines() if l.startswith('RANK'))
+    # each rank sees fastai's DistributedDL with half of the 8 training batches
+    assert lines == ['RANK 0 DistributedDL 4', 'RANK 1 DistributedDL 4'], res.stdout
