@@ -20,11 +20,15 @@ def test_ddp_cpu(in_tmp):
         import torch, torch.distributed as dist
         from tsai_cbs.testing import synth_learner, patch_distributed_dl_for_cpu
         patch_distributed_dl_for_cpu()
-        learn = synth_learner('regression')
-        with learn.distrib_ctx(cpu=True), learn.no_bar(), learn.no_logging():
-            learn.fit(1)
-            r = dist.get_rank()
-            open(f'rank{r}.txt', 'w').write(f'{r} {type(learn.dls.train).__name__} {len(learn.dls.train)}')
+        from fastai.callback.core import Callback
+        class Seen(Callback):
+            def before_fit(self): self.n = 0
+            def after_batch(self):
+                if self.training: self.n += 1; self.dl_type = type(self.learn.dl).__name__
+        learn = synth_learner('regression', cbs=Seen())
+        with learn.distrib_ctx(cpu=True), learn.no_bar(), learn.no_logging(): learn.fit(1)
+        r = dist.get_rank()
+        open(f'rank{r}.txt', 'w').write(f'{r} {learn.seen.dl_type} {learn.seen.n}')
     ''', nproc=2, cwd=in_tmp)
     assert res.returncode == 0, res.stderr[-3000:]
     # each rank sees fastai's DistributedDL with half of the 8 training batches
