@@ -1,0 +1,314 @@
+"Tests of `tsai_cbs.lds`: exact binning, weights against a plain float64 reference, inputs, errors, plots, properties."
+import math
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings, HealthCheck, strategies as st
+from scipy.ndimage import convolve1d, gaussian_filter1d
+from scipy.signal.windows import triang
+
+from tsai_cbs.lds import LDSBins, get_lds_kernel_window, lds_bins, prepare_LDS_weights
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+
+
+def skewed(n, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).lognormal(0, 1, n).astype(dtype)
+
+
+def reference_weights(labels, edges, reweight='inv', kernel='gaussian', ks=9, sigma=1, max_rel_weight=None):
+    "Straightforward float64 LDS on given bin edges: searchsorted per sample, histogram, scipy convolution"
+    y = np.asarray(labels, dtype=np.float64)
+    e = np.asarray(edges, dtype=np.float64)
+    idx = np.clip(np.searchsorted(e[1:-1], y, side='right'), 0, len(e) - 2)
+    counts = np.bincount(idx, minlength=len(e) - 1).astype(np.float64)
+    if reweight == 'sqrt_inv': counts = np.sqrt(counts)
+    smoothed = convolve1d(counts, get_lds_kernel_window(kernel, ks, sigma), mode='constant')
+    w = 1 / smoothed[idx] if reweight != 'none' else np.ones(len(y))
+    if max_rel_weight is not None: w = np.minimum(w, w.min() * max_rel_weight)
+    return w / w.mean(), idx
+
+
+# --- binning ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('n_bins,label_range', [(None, None), (7, None), (50, None), (13, (0.5, 3.0)), (1, None)])
+def test_bins_match_searchsorted_on_edges(dtype, n_bins, label_range):
+    y = skewed(5000, dtype=dtype)
+    b = lds_bins(y, n_bins=n_bins, label_range=label_range)
+    e = b.edges.numpy()
+    assert e.dtype == dtype and len(e) == b.n_bins + 1
+    # every edge is the documented one, within 2 ulp of the ideal float64 edge
+    ideal = b.lo + (b.hi - b.lo) * np.arange(b.n_bins + 1) / b.n_bins
+    assert np.all(np.abs(e.astype(np.float64) - ideal) <= 2 * np.spacing(np.abs(ideal).astype(dtype)).astype(np.float64))
+    assert np.all(np.diff(e) >= 0)
+    # probe labels: the data, every edge, one step below and above each edge, the extremes
+    probes = np.concatenate([y, e, np.nextafter(e, -np.inf), np.nextafter(e, np.inf), [y.min(), y.max()]]).astype(dtype)
+    idx = b.bin_index(probes).numpy()
+    direct = np.clip(np.searchsorted(e[1:-1], probes, side='right'), 0, b.n_bins - 1)
+    np.testing.assert_array_equal(idx, direct)
+    # a label exactly on an interior edge is in the bin on its right, the one just below in the bin on its left
+    k = np.arange(1, b.n_bins)
+    np.testing.assert_array_equal(b.bin_index(e[1:-1]).numpy(), k)
+    np.testing.assert_array_equal(b.bin_index(np.nextafter(e[1:-1], -np.inf)).numpy(), k - 1)
+    if label_range is None:
+        assert b.bin_index(y.max()[None]).item() == b.n_bins - 1 and b.bin_index(y.min()[None]).item() == 0
+        np.testing.assert_array_equal(b.counts.numpy(), np.histogram(y, bins=e)[0])  # numpy: last bin closed
+
+
+def test_bins_of_exactly_representable_edges():
+    "Labels on the ideal edges of a grid whose edges are exact: every one lands in the bin starting there"
+    y = np.arange(0, 10.25, 0.25, dtype=np.float32)  # 41 labels, edges every 0.25 with 40 bins
+    b = lds_bins(y, n_bins=40)
+    np.testing.assert_array_equal(b.bin_index(y).numpy(), np.minimum(np.arange(41), 39))
+    np.testing.assert_array_equal(b.edges.numpy(), y)
+
+
+def test_n_bins_rules():
+    y = skewed(400)
+    assert lds_bins(y).n_bins == math.ceil(2 * 400 ** (1 / 3)) == 15
+    assert lds_bins(skewed(100_000)).n_bins == 93
+    # integer-valued labels: one bin per integer, centred
+    ages = np.random.default_rng(1).integers(18, 90, 1000)
+    for lab in (ages, ages.astype(np.float32), torch.tensor(ages), ages.astype(np.int16)):
+        b = lds_bins(lab)
+        assert (b.n_bins, b.lo, b.hi) == (ages.max() - ages.min() + 1, ages.min() - 0.5, ages.max() + 0.5)
+        np.testing.assert_array_equal(b.bin_index(lab).numpy(), ages - ages.min())
+    # a float that is not whole anywhere but at the end still counts as float data
+    f = ages.astype(np.float64); f[-1] += 0.5
+    assert lds_bins(f).n_bins == math.ceil(2 * 1000 ** (1 / 3))
+    # too wide an integer span: Rice rule; a label_range: Rice rule
+    assert lds_bins(np.arange(0, 5000, 5)).n_bins == math.ceil(2 * 1000 ** (1 / 3))
+    assert lds_bins(ages, label_range=(0, 100)).n_bins == math.ceil(2 * 1000 ** (1 / 3))
+
+
+def test_label_range_clips_into_end_bins():
+    y = skewed(3000)
+    b = lds_bins(y, n_bins=10, label_range=(0.5, 4))
+    lo_side, hi_side = (y < 0.5).sum(), (y >= b.edges[-2].item()).sum()
+    assert b.counts[0].item() == lo_side + ((y >= 0.5) & (y < b.edges[1].item())).sum()
+    assert b.counts[-1].item() == hi_side and b.counts.sum().item() == len(y)
+    w = b(y)
+    assert torch.equal(w[torch.from_numpy(y < 0.5)], b.weights[0].expand(lo_side))
+    assert torch.equal(w[torch.from_numpy(y > 4)], b.weights[-1].expand((y > 4).sum()))
+    # later lookups clip the same way, NaN goes to bin 0
+    probe = torch.tensor([-1e30, 0.0, 1e30, math.inf, -math.inf, math.nan])
+    assert b.bin_index(probe).tolist() == [0, 0, 9, 9, 0, 0]
+
+
+def test_all_equal_labels():
+    b = lds_bins([2] * 5)  # integer: its own bin
+    assert (b.n_bins, b.lo, b.hi) == (1, 1.5, 2.5)
+    b = lds_bins(np.full(5, 3.75))  # float: range widened by 0.5 on each side
+    assert (b.n_bins, b.lo, b.hi) == (math.ceil(2 * 5 ** (1 / 3)), 3.25, 4.25)
+    for lab in ([3.7] * 5, [2] * 5):
+        assert torch.equal(prepare_LDS_weights(lab, show_plot=False), torch.ones(5))
+        assert torch.equal(prepare_LDS_weights(lab, n_bins=10, show_plot=False), torch.ones(5))
+
+
+# --- weights ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('kw', [dict(), dict(reweight='sqrt_inv'), dict(lds_kernel='triang', lds_ks=5),
+                                dict(lds_kernel='laplace', lds_sigma=2), dict(max_rel_weight=3), dict(n_bins=200),
+                                dict(reweight='sqrt_inv', lds_kernel='gaussian', lds_ks=5, lds_sigma=2, n_bins=50),
+                                dict(reweight='none'), dict(lds_ks=1)])
+def test_weights_match_reference(kw):
+    y = skewed(20_000, seed=3)
+    w = prepare_LDS_weights(y, show_plot=False, **kw)
+    b = lds_bins(y, **kw)
+    assert w.dtype == torch.float32 and w.shape == (len(y),) and w.device.type == 'cpu'
+    ref, idx = reference_weights(y, b.edges.numpy(), kw.get('reweight', 'inv'), kw.get('lds_kernel', 'gaussian'),
+                                 kw.get('lds_ks', 9), kw.get('lds_sigma', 1), kw.get('max_rel_weight'))
+    np.testing.assert_array_equal(b.bin_index(y).numpy(), idx)
+    np.testing.assert_allclose(w.numpy(), ref, rtol=2e-6)
+    assert abs(w.double().mean().item() - 1) < 1e-6
+    assert torch.isfinite(w).all() and (w > 0).all()
+    if 'max_rel_weight' in kw: assert w.max() / w.min() <= kw['max_rel_weight'] * (1 + 1e-6)
+
+
+def test_prepare_equals_bins_call_bit_for_bit():
+    y = skewed(50_000, seed=4)
+    for kw in (dict(), dict(reweight='sqrt_inv', n_bins=33), dict(label_range=(0.2, 5.0), max_rel_weight=10)):
+        assert torch.equal(prepare_LDS_weights(y, show_plot=False, **kw), lds_bins(y, **kw)(y))
+    big = torch.from_numpy(skewed(700_000, seed=5))  # > 2 chunks of 2**18 on the CPU
+    b = lds_bins(big)
+    w = prepare_LDS_weights(big, show_plot=False)
+    assert torch.equal(w, b(big))
+    assert torch.equal(w[:1000], b(big[:1000]))  # chunking does not change a label's weight
+    assert b.counts.sum().item() == len(big)
+
+
+def test_empty_smoothed_bins_and_weight_table():
+    y = np.r_[np.zeros(50), np.full(5, 100.)]  # bins in between are empty even after smoothing
+    b = lds_bins(y, n_bins=100, lds_ks=3)
+    seen = b.weights[b.counts > 0]
+    assert torch.isfinite(b.weights).all() and (b.weights > 0).all()
+    assert b.weights[50].item() == seen.max().item()  # unreachable bin: largest weight of a label
+    assert abs((b.counts * b.weights.double()).sum().item() / len(y) - 1) < 1e-6
+
+
+def test_sqrt_inv_and_inv_follow_the_paper():
+    "Two well separated clusters, 100 vs 4 labels: inv weights ratio = density ratio, sqrt_inv its square root"
+    y = np.r_[np.zeros(100), np.full(4, 50.)]
+    wi = prepare_LDS_weights(y, n_bins=51, show_plot=False)
+    ws = prepare_LDS_weights(y, n_bins=51, reweight='sqrt_inv', show_plot=False)
+    assert wi[-1].item() / wi[0].item() == pytest.approx(25, rel=1e-6)
+    assert ws[-1].item() / ws[0].item() == pytest.approx(5, rel=1e-6)
+
+
+# --- inputs ----------------------------------------------------------------------------------------------
+
+def test_input_types_give_the_same_weights():
+    y64 = skewed(1000, dtype=np.float64)
+    ref = prepare_LDS_weights(y64, show_plot=False)
+    for lab in (list(y64), pd.Series(y64), torch.from_numpy(y64), y64[:, None], torch.from_numpy(y64)[:, None],
+                pd.Series(y64).to_frame().to_numpy(), tuple(y64)):
+        assert torch.equal(prepare_LDS_weights(lab, show_plot=False), ref)
+    ro = y64.copy(); ro.flags.writeable = False
+    assert torch.equal(prepare_LDS_weights(ro, show_plot=False), ref)
+    assert torch.equal(prepare_LDS_weights(y64.astype('>f8'), show_plot=False), ref)
+    # float32 labels are binned in float32: same as float64 for labels exactly representable in both
+    y32 = y64.astype(np.float32)
+    assert torch.equal(prepare_LDS_weights(y32, show_plot=False), prepare_LDS_weights(y32.astype(np.float64), show_plot=False))
+    # the labels are not modified
+    t = torch.from_numpy(y32.copy()); prepare_LDS_weights(t, show_plot=False); assert torch.equal(t, torch.from_numpy(y32))
+
+
+def test_multi_target_and_bad_inputs():
+    with pytest.raises(ValueError, match=r'labels.*\(n,\) or \(n, 1\)'): prepare_LDS_weights(np.ones((10, 2)), show_plot=False)
+    with pytest.raises(ValueError, match='labels'): prepare_LDS_weights(np.ones((2, 2, 2)), show_plot=False)
+    with pytest.raises(ValueError, match='labels'): prepare_LDS_weights(torch.tensor(1.), show_plot=False)
+    with pytest.raises(ValueError, match='labels.*empty'): prepare_LDS_weights([], show_plot=False)
+    with pytest.raises(ValueError, match='labels.*finite'): prepare_LDS_weights([1., math.nan, 2.], show_plot=False)
+    with pytest.raises(ValueError, match='labels.*finite'): prepare_LDS_weights(torch.tensor([1., math.inf]), show_plot=False)
+    with pytest.raises(ValueError, match='labels.*finite'):
+        prepare_LDS_weights([1., math.nan], label_range=(0, 2), show_plot=False)
+    with pytest.raises(TypeError, match='labels'): prepare_LDS_weights(['a', 'b'], show_plot=False)
+    with pytest.raises(TypeError, match='labels'): prepare_LDS_weights(torch.tensor([True, False]), show_plot=False)
+    with pytest.raises(TypeError, match='labels'): prepare_LDS_weights({1: 2}, show_plot=False)
+
+
+@pytest.mark.parametrize('kw,exc,name', [
+    (dict(n_bins=0), ValueError, 'n_bins'), (dict(n_bins=2.5), TypeError, 'n_bins'), (dict(n_bins=-3), ValueError, 'n_bins'),
+    (dict(lds_ks=4), ValueError, 'lds_ks'), (dict(lds_ks=0), ValueError, 'lds_ks'), (dict(lds_ks=-3), ValueError, 'lds_ks'),
+    (dict(lds_ks=3.0), TypeError, 'lds_ks'), (dict(lds_sigma=0), ValueError, 'lds_sigma'),
+    (dict(lds_sigma=-1), ValueError, 'lds_sigma'), (dict(lds_kernel='box'), ValueError, 'lds_kernel'),
+    (dict(reweight='log'), ValueError, 'reweight'), (dict(max_rel_weight=0.99), ValueError, 'max_rel_weight'),
+    (dict(max_rel_weight=math.inf), ValueError, 'max_rel_weight'), (dict(label_range=(2, 1)), ValueError, 'label_range'),
+    (dict(label_range=(1, 1)), ValueError, 'label_range'), (dict(label_range=(0, math.nan)), ValueError, 'label_range'),
+    (dict(label_range=(0, math.inf)), ValueError, 'label_range'), (dict(label_range=(0, 1, 2)), ValueError, 'label_range'),
+    (dict(label_range=5), ValueError, 'label_range'), (dict(label_range=('a', 1)), TypeError, 'label_range')])
+def test_bad_parameters_name_themselves(kw, exc, name):
+    y = skewed(100)
+    with pytest.raises(exc, match=name): prepare_LDS_weights(y, show_plot=False, **kw)
+    with pytest.raises(exc, match=name): lds_bins(y, **kw)
+
+
+# --- kernel window ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('ks,sigma', [(9, 1), (5, 1), (9, 2), (17, 2), (3, 0.5), (1, 1)])
+def test_gaussian_window_matches_scipy_when_it_fits(ks, sigma):
+    w = get_lds_kernel_window('gaussian', ks, sigma)
+    k = np.arange(ks) - (ks - 1) // 2
+    np.testing.assert_allclose(w, np.exp(-k**2 / (2 * sigma**2)), rtol=1e-15)
+    assert w.max() == 1 and w[(ks - 1) // 2] == 1 and len(w) == ks and np.allclose(w, w[::-1])
+    if int(4 * sigma + 0.5) <= (ks - 1) // 2:
+        d = np.eye(ks)[(ks - 1) // 2]
+        np.testing.assert_allclose(w, gaussian_filter1d(d, sigma) / gaussian_filter1d(d, sigma).max(), rtol=1e-12)
+
+
+@pytest.mark.parametrize('ks', [1, 3, 5, 9, 15])
+def test_triang_and_laplace_windows(ks):
+    np.testing.assert_allclose(get_lds_kernel_window('triang', ks), triang(ks), rtol=1e-15)
+    k = np.abs(np.arange(ks) - (ks - 1) // 2)
+    w = get_lds_kernel_window('laplace', ks, 1.5)
+    np.testing.assert_allclose(w, np.exp(-k / 1.5), rtol=1e-15)
+    assert w.max() == 1 and w.dtype == np.float64
+
+
+# --- LDSBins object, devices, plots ----------------------------------------------------------------------
+
+def test_ldsbins_api():
+    y = torch.from_numpy(skewed(2000))
+    b = lds_bins(y, n_bins=20)
+    assert isinstance(b, LDSBins) and isinstance(b.lo, float) and isinstance(b.hi, float) and b.n_bins == 20
+    assert b.weights.dtype == torch.float32 and b.weights.shape == (20,) and b.counts.shape == (20,) and b.smoothed.shape == (20,)
+    assert abs((b.counts.double() * b.weights.double()).sum().item() / len(y) - 1) < 1e-6
+    assert b.bin_index(y).dtype == torch.int64 and b.bin_index(y).shape == (2000,)
+    assert torch.equal(b(y[:, None]), b(y)) and torch.equal(b(y.numpy()), b(y)) and torch.equal(b(y.tolist()), b(y))
+    assert b.to('cpu') is b and torch.equal(b(y), prepare_LDS_weights(y, n_bins=20, show_plot=False))
+    r = repr(b)
+    assert r.startswith('LDSBins(n_bins=20') and "reweight='inv'" in r and 'gaussian(ks=9, sigma=1)' in r
+    assert 'triang(ks=5)' in repr(lds_bins(y, lds_kernel='triang', lds_ks=5))
+    # weights of new labels use the same table: out-of-range labels get the end bins' weights
+    assert torch.equal(b(torch.tensor([-5., 1e6])), b.weights[[0, -1]])
+    import pickle
+    assert torch.equal(pickle.loads(pickle.dumps(b))(y), b(y))
+
+
+def test_show_plot_headless():
+    import matplotlib.pyplot as plt
+    y = skewed(500)
+    n0 = len(plt.get_fignums())
+    prepare_LDS_weights(y, show_plot=False)
+    assert len(plt.get_fignums()) == n0
+    fig, ax = plt.subplots()
+    w = prepare_LDS_weights(y, n_bins=30, ax=ax)
+    assert len(ax.patches) == 30 and len(ax.lines) == 1 and ax.get_legend() is not None
+    assert len(fig.axes) == 2  # weights on a twin axis
+    assert isinstance(w, torch.Tensor)
+    prepare_LDS_weights(y, show_plot=True)  # a new figure, no blocking
+    assert len(plt.get_fignums()) == n0 + 2
+    ax2 = lds_bins(y, reweight='sqrt_inv').plot(weights=False)
+    assert 'sqrt(counts)' in [t.get_text() for t in ax2.get_legend().get_texts()]
+    fig.savefig(__import__('io').BytesIO(), format='png')
+
+
+@cuda
+def test_cuda_labels_stay_on_device():
+    y = torch.from_numpy(skewed(100_000)).cuda()
+    w = prepare_LDS_weights(y, show_plot=False)
+    assert w.device == y.device and w.dtype == torch.float32
+    torch.testing.assert_close(w.cpu(), prepare_LDS_weights(y.cpu(), show_plot=False), rtol=1e-6, atol=0)
+    b = lds_bins(y)
+    assert b.weights.device == y.device and torch.equal(b(y), w)
+    assert torch.equal(b.bin_index(y).cpu(), b.bin_index(y.cpu()))
+    assert b.to('cpu')(y).device == y.device
+
+
+# --- properties (hypothesis) -----------------------------------------------------------------------------
+
+_labels = st.lists(st.integers(-400, 400), min_size=1, max_size=200).map(lambda v: np.array(v, dtype=np.float32) / 8)
+_cfg = dict(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@settings(**_cfg)
+@given(_labels, st.sampled_from(['inv', 'sqrt_inv']), st.sampled_from(KERNELS := ['gaussian', 'triang', 'laplace']),
+       st.sampled_from([None, 1, 5, 40]), st.sampled_from([None, 2.0, 50.0]))
+def test_prop_weights_finite_positive_mean_one(y, reweight, kernel, n_bins, mrw):
+    w = prepare_LDS_weights(y, n_bins=n_bins, reweight=reweight, lds_kernel=kernel, max_rel_weight=mrw, show_plot=False)
+    assert w.shape == (len(y),) and torch.isfinite(w).all() and (w > 0).all()
+    assert abs(w.double().mean().item() - 1) < 1e-5
+    if mrw is not None: assert (w.max() / w.min()).item() <= mrw * (1 + 1e-5)
+
+
+@settings(**_cfg)
+@given(_labels, st.randoms(use_true_random=False), st.sampled_from([None, 7]))
+def test_prop_permuting_labels_permutes_weights(y, rnd, n_bins):
+    perm = np.arange(len(y)); rnd.shuffle(perm)
+    w = prepare_LDS_weights(y, n_bins=n_bins, show_plot=False)
+    assert torch.equal(prepare_LDS_weights(y[perm], n_bins=n_bins, show_plot=False), w[torch.from_numpy(perm)])
+
+
+@settings(**_cfg)
+@given(_labels, st.integers(-1000, 1000), st.integers(-3, 3), st.sampled_from([None, 9]),
+       st.tuples(st.integers(-60, 0), st.integers(1, 60)))
+def test_prop_shift_and_scale_with_label_range(y, shift, log2_scale, n_bins, rng8):
+    "Shift by an integer and scale by a power of two (exact in float32): same bins, same weights"
+    s = 2.0 ** log2_scale
+    lr = (rng8[0] / 8, rng8[1] / 8)
+    w = prepare_LDS_weights(y, n_bins=n_bins, label_range=lr, show_plot=False)
+    y2 = ((y + shift) * s).astype(np.float32)
+    lr2 = ((lr[0] + shift) * s, (lr[1] + shift) * s)
+    assert torch.equal(prepare_LDS_weights(y2, n_bins=n_bins, label_range=lr2, show_plot=False), w)
