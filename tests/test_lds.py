@@ -145,6 +145,8 @@ def test_empty_smoothed_bins_and_weight_table():
     seen = b.weights[b.counts > 0]
     assert torch.isfinite(b.weights).all() and (b.weights > 0).all()
     assert b.weights[50].item() == seen.max().item()  # unreachable bin: largest weight of a label
+    assert b.weights.max().item() == seen.max().item()  # no unseen label weighs more than the rarest seen one
+    assert b.weights[1].item() < seen.max().item()  # next to the dense cluster: its own (smaller) weight
     assert abs((b.counts * b.weights.double()).sum().item() / len(y) - 1) < 1e-6
 
 
