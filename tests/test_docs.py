@@ -18,6 +18,14 @@ def test_readme_up_to_date():
         'README.md differs from what nbs/index.ipynb gives: run `python docs/build.py readme`'
     assert build.main(['readme', '--check']) == 0
 
+def test_readme_check_and_write(tmp_path, monkeypatch):
+    stale = tmp_path/'README.md'
+    stale.write_text('# old\n')
+    monkeypatch.setattr(build, 'README', stale)
+    assert build.main(['readme', '--check']) == 1 and stale.read_text() == '# old\n'  # --check never writes
+    assert build.main(['readme']) == 0 and stale.read_text(encoding='utf-8') == build.render_readme()
+    assert build.main(['readme', '--check']) == 0
+
 def test_readme_states_the_commands_ci_runs():
     readme = (ROOT/'README.md').read_text(encoding='utf-8')
     # .ci/run marks the README's commands; the README must show exactly those
@@ -56,6 +64,7 @@ def _write_nb(path, png):
               _stream('stderr', 'FutureWarning: noisy\n'), _stream('stdout', 'stored stdout 2\n')),
         _code('#| echo: false\nsilent_source()', _result(**{'text/plain': 'output of a cell without echo'})),
         _code('#| output: false\nsource_without_output()', _result(**{'text/plain': 'dropped output'})),
+        _code('frame', _result(**{'text/html': '<table><tr><td>html cell</td></tr></table>', 'text/plain': 'plain frame'})),
         _code('plot()', dict(output_type='display_data', metadata={},
                              data={'image/png': base64.b64encode(png).decode(), 'text/plain': '<Figure size 100x100 with 1 Axes>'})),
     ]
@@ -70,11 +79,11 @@ def test_nb2md(tmp_path):
     md = build.nb2md(nb, img_dir=tmp_path/'img', img_stem='thing')
     assert md.startswith('# My page\n\n> What the page is about.\n')
     for gone in ['#|', 'secret_setup', 'def exported_fn', 'show_doc(', 'raise RuntimeError', 'FutureWarning',
-                 'silent_source', 'dropped output', '<Figure size', '<ShowDocRenderer>']:
+                 'silent_source', 'dropped output', '<Figure size', '<ShowDocRenderer>', 'plain frame']:
         assert gone not in md, gone
     for kept in ['### exported_fn\n\n*Exported doc*', '```python\nvisible = 2\nprint(visible)\n```',
                  '```\nstored stdout 2\n```', '```\noutput of a cell without echo\n```', '```python\nsource_without_output()\n```',
-                 '![figure 1](img/thing_0.png)']:
+                 '![figure 1](img/thing_0.png)', '<div class="nb-output" markdown="0">\n<table><tr><td>html cell</td>']:
         assert kept in md, kept
     assert (tmp_path/'img'/'thing_0.png').read_bytes() == png
     # without an image folder (the README) figures are left out
@@ -96,7 +105,8 @@ def test_page_names():
     assert [build.page_name(p) for p in ['nbs/02_lds.ipynb', 'index.ipynb', '13_stop_after.ipynb', '07a_x.ipynb']] == \
            ['lds', 'index', 'stop_after', 'x']
     nbs = build.notebooks()
-    assert nbs[0].name == 'index.ipynb' and len(nbs) == len(list((ROOT/'nbs').glob('*.ipynb')))
+    assert nbs[0].name == 'index.ipynb'
+    assert sorted(p.name for p in nbs) == sorted(p.name for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_'))
 
 # --- site -----------------------------------------------------------------------------------------
 def test_site_from_stored_outputs(tmp_path):
@@ -107,6 +117,7 @@ def test_site_from_stored_outputs(tmp_path):
     site = build.build_site(tmp_path/'site', nbs=nbs)
     html = (site/'thing.html').read_text(encoding='utf-8')
     assert 'stored stdout 2' in html and 'executed!' not in html and 'secret_setup' not in html
+    assert '<td>html cell</td>' in html and '<h3 id="exported_fn">' in html
     src = re.search(r'<img[^>]*src="([^"]+)"', html)[1]
     assert (site/src).read_bytes() == png
 
