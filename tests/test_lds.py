@@ -131,12 +131,16 @@ def test_prepare_equals_bins_call_bit_for_bit():
     y = skewed(50_000, seed=4)
     for kw in (dict(), dict(reweight='sqrt_inv', n_bins=33), dict(label_range=(0.2, 5.0), max_rel_weight=10)):
         assert torch.equal(prepare_LDS_weights(y, show_plot=False, **kw), lds_bins(y, **kw)(y))
-    big = torch.from_numpy(skewed(700_000, seed=5))  # > 2 chunks of 2**18 on the CPU
+    big = torch.from_numpy(skewed(4_500_000, seed=5))  # > 4 chunks of 2**20 on the CPU, result on huge pages
     b = lds_bins(big)
     w = prepare_LDS_weights(big, show_plot=False)
     assert torch.equal(w, b(big))
     assert torch.equal(w[:1000], b(big[:1000]))  # chunking does not change a label's weight
     assert b.counts.sum().item() == len(big)
+    # the huge-page result is an ordinary tensor
+    import pickle
+    assert w.is_contiguous() and torch.equal(pickle.loads(pickle.dumps(w)), w) and torch.equal(torch.from_numpy(w.numpy()), w)
+    w2 = w * 2; del w; assert torch.equal(w2 / 2, b(big))
 
 
 def test_empty_smoothed_bins_and_weight_table():
@@ -200,7 +204,8 @@ def test_multi_target_and_bad_inputs():
     (dict(max_rel_weight=math.inf), ValueError, 'max_rel_weight'), (dict(label_range=(2, 1)), ValueError, 'label_range'),
     (dict(label_range=(1, 1)), ValueError, 'label_range'), (dict(label_range=(0, math.nan)), ValueError, 'label_range'),
     (dict(label_range=(0, math.inf)), ValueError, 'label_range'), (dict(label_range=(0, 1, 2)), ValueError, 'label_range'),
-    (dict(label_range=5), ValueError, 'label_range'), (dict(label_range=('a', 1)), TypeError, 'label_range')])
+    (dict(label_range=5), ValueError, 'label_range'), (dict(label_range=('a', 1)), TypeError, 'label_range'),
+    (dict(label_range=(1.0, 1.00000001)), ValueError, 'label_range')])  # empty in float32
 def test_bad_parameters_name_themselves(kw, exc, name):
     y = skewed(100)
     with pytest.raises(exc, match=name): prepare_LDS_weights(y, show_plot=False, **kw)
@@ -245,8 +250,11 @@ def test_ldsbins_api():
     assert 'triang(ks=5)' in repr(lds_bins(y, lds_kernel='triang', lds_ks=5))
     # weights of new labels use the same table: out-of-range labels get the end bins' weights
     assert torch.equal(b(torch.tensor([-5., 1e6])), b.weights[[0, -1]])
-    import pickle
+    import copy, pickle
     assert torch.equal(pickle.loads(pickle.dumps(b))(y), b(y))
+    before = b(y)
+    c = copy.copy(b).to('meta')  # a moved copy leaves the original's tensors and cache alone
+    assert c.weights.is_meta and c.counts.is_meta and b.weights.device.type == 'cpu' and torch.equal(b(y), before)
 
 
 def test_show_plot_headless():
