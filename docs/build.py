@@ -7,12 +7,13 @@
 
 Notebooks go through nbdev's own processors (frontmatter from the first `# Title` / `> summary`
 markdown cell, `#| hide` / `#| export` cells dropped, `#|` directive lines stripped, `hide_line`,
-ANSI codes stripped) and are then written as markdown with their STORED outputs: nothing is executed.
+ANSI codes stripped, a `show_doc` for every exported name the notebook does not document itself,
+rendered from the installed module) and are then written as markdown with their STORED outputs: nothing is executed.
 `show_doc(...)` cells keep only their output; stderr streams (warnings) are dropped; figures become
 PNG files next to the page (the README keeps no images). mkdocs-material turns the pages into the site.
 """
 from __future__ import annotations
-import argparse, base64, os, re, subprocess, sys, tempfile
+import argparse, base64, importlib, os, re, subprocess, sys, tempfile, warnings
 from configparser import ConfigParser
 from pathlib import Path
 
@@ -39,15 +40,43 @@ def _quarto_opts(cell):
     if d.get('echo', '').lower() == 'false' or _re_showdoc.match(cell.source): cell.metadata['hide_input'] = True
     if d.get('output', '').lower() == 'false': cell['outputs'] = []
 
+def _render_added_docs(nb):
+    "Fill in the `show_doc` cells nbdev's `add_show_docs` adds for undocumented exports, from the installed module"
+    cells = [c for c in nb.cells if c.get('has_sd')]
+    if not cells: return
+    from nbdev.showdoc import show_doc
+    exp = [c.directives_['default_exp'] for c in nb.cells if 'default_exp' in c.get('directives_', {})]
+    if not exp: return
+    mod = f"{_settings()['lib_name']}.{str(exp[0]).split()[0]}"
+    try: ns = vars(importlib.import_module(mod))
+    except Exception as e:
+        warnings.warn(f'{getattr(nb, "path_", "")}: no API docs for {len(cells)} exported names, importing {mod} failed: {e!r}')
+        for c in cells: c.source = None
+        return
+    for c in cells:  # nbdev wrote them as `show_doc(name)`; the name is looked up, nothing in the notebook runs
+        nm = c.source.strip()[len('show_doc('):-1]
+        md = show_doc(eval(nm, ns))._repr_markdown_()
+        c['outputs'] = [dict(output_type='execute_result', execution_count=None, metadata={},
+                             data={'text/markdown': md, 'text/plain': nm})]
+    # nbdev inserts the docs of a cell's names one by one right after it, i.e. in reverse: restore source order
+    out, run = [], []
+    for c in nb.cells + [None]:
+        if c is not None and c.get('has_sd'): run.append(c); continue
+        out += run[::-1] + ([c] if c is not None else [])
+        run = []
+    nb.cells = out
+
 def process_nb(path):
     "Read the notebook at `path` and run the docs processors on it; returns nbdev's processed notebook"
     from fastcore.nbio import read_nb
-    from nbdev.process import NBProcessor
+    from nbdev.process import NBProcessor, Processor
     from nbdev.frontmatter import FrontmatterProc
-    from nbdev.processors import (populate_language, strip_ansi, hide_line, filter_stream_, rm_header_dash,
+    from nbdev.processors import (populate_language, add_show_docs, strip_ansi, hide_line, filter_stream_, rm_header_dash,
                                   rm_export, clean_magics, hide_, strip_hidden_metadata)
     nb = read_nb(path)
-    procs = [FrontmatterProc, populate_language, strip_ansi, hide_line, filter_stream_, rm_header_dash,
+    class render_added_docs(Processor):
+        def begin(self): _render_added_docs(self.nb)
+    procs = [FrontmatterProc, populate_language, add_show_docs, render_added_docs, strip_ansi, hide_line, filter_stream_, rm_header_dash,
              _quarto_opts, rm_export, clean_magics, hide_, _drop_stderr, strip_hidden_metadata]
     NBProcessor(nb=nb, procs=procs, rm_directives=True).process()
     return nb

@@ -1,6 +1,7 @@
 "Docs: README.md is generated from nbs/index.ipynb and up to date; the site renders the notebooks' stored outputs."
 import base64, importlib.util, io, json, re
 from pathlib import Path
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,6 +89,26 @@ def test_nb2md(tmp_path):
     assert (tmp_path/'img'/'thing_0.png').read_bytes() == png
     # without an image folder (the README) figures are left out
     assert 'png' not in build.nb2md(build.process_nb(tmp_path/'07_thing.ipynb'))
+
+def _nb(path, *cells):
+    path.write_text(json.dumps(dict(cells=list(cells), nbformat=4, nbformat_minor=5,
+                                    metadata=dict(kernelspec=dict(display_name='python3', language='python', name='python3')))))
+    return path
+
+def test_api_docs_for_undocumented_exports(tmp_path):
+    from tsai_cbs import core
+    # documented names are left alone; the others get the docs of the installed module, in source order
+    p = _nb(tmp_path/'00_x.ipynb', _md('# X'), _code('#| default_exp core'),
+            _code('#| export\ndef check_type(): pass\ndef check_pct(): pass\ndef _private(): pass'),
+            _code('#| export\ndef is_rank0(): pass'),
+            _code('show_doc(is_rank0)', _result(**{'text/markdown': '### is_rank0 (stored output)'})))
+    md = build.nb2md(build.process_nb(p))
+    assert md.index('### check_type') < md.index('### check_pct') and '_private' not in md
+    assert core.check_pct.__doc__ in md and 'def check_pct(): pass' not in md
+    assert md.count('### is_rank0') == 1 and '### is_rank0 (stored output)' in md
+    p = _nb(tmp_path/'01_y.ipynb', _md('# Y'), _code('#| default_exp no_such_module'), _code('#| export\ndef f(): pass'))
+    with pytest.warns(UserWarning, match='no_such_module'): md = build.nb2md(build.process_nb(p))
+    assert 'def f' not in md and 'show_doc' not in md
 
 def test_links_between_notebooks(tmp_path):
     nb_path = _write_nb(tmp_path/'07_thing.ipynb', _png())
