@@ -180,3 +180,9 @@ def test_bad_arguments():
     for kw, name, err in [(dict(schedule_func=.5), 'schedule_func', TypeError), (dict(schedule_func=abs, show_plot='no'), 'show_plot', TypeError),
                           (dict(schedule_func=abs, attr=3), 'attr', TypeError), (dict(schedule_func=abs, attr='a b'), 'attr', ValueError)]:
         with pytest.raises(err, match=name): TransformScheduler(**kw)
+
+def test_item_tfms_in_workers_warn(in_tmp):
+    learn = synth_learner(after_item=ItemSpy(1.), cbs=TransformScheduler(SchedLin(1., 2.)), n_train=64, n_valid=32, num_workers=1)
+    with pytest.warns(UserWarning, match='worker processes'): _fit(learn, 1)
+    learn = synth_learner(after_item=ItemSpy(1.), cbs=TransformScheduler(SchedLin(1., 2.), item_tfms=False), n_train=64, n_valid=32)
+    with pytest.warns(UserWarning, match='nothing to schedule'): _fit(learn, 1)
