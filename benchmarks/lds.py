@@ -118,7 +118,7 @@ def main(sizes):
               f"{o1['time'] * 1e3:6.1f} ms {b['time'] / o1['time']:5.1f}x | {o['extra']:13.2f}x | {b['extra']:13.2f}x")
     print("(extra mem: peak RSS growth during one call / bytes of the float32 labels; targets at 1e7: >= 10x faster, <= 3x memory)")
     print(f"same weights as the baseline (rtol 1e-5) for {_sub('agree')['frac'] * 100:.3f}% of 1e6 labels "
-          "(tsai's rule puts labels exactly on an edge in the bin to the left)")
+          "(the baseline's searchsorted(side='left') puts a label exactly on an edge in the bin to its left)")
     c = _sub('cuda')
     if c is None: print("CUDA: not available here, 1e8-label GPU timing skipped")
     else: print(f"CUDA {c['device']}: 1e8 labels in {c['ms']:.2f} ms (median of 20; target <= 10 ms), peak extra {c['extra']:.2f}x labels")
