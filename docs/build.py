@@ -9,7 +9,7 @@ Notebooks go through nbdev's own processors (frontmatter from the first `# Title
 markdown cell, `#| hide` / `#| export` cells dropped, `#|` directive lines stripped, `hide_line`,
 ANSI codes stripped, a `show_doc` for every exported name the notebook does not document itself,
 rendered from the installed module) and are then written as markdown with their STORED outputs: nothing is executed.
-`show_doc(...)` cells keep only their output; stderr streams (warnings) are dropped; figures become
+`show_doc(...)` cells keep only their output; Python warnings in stderr are dropped; figures become
 PNG files next to the page (the README keeps no images). mkdocs-material turns the pages into the site.
 """
 from __future__ import annotations
@@ -27,10 +27,25 @@ def page_name(nb_path) -> str:
     "The page a notebook becomes: `02_lds.ipynb` -> `lds` (nbdev's rule), `index.ipynb` -> `index`"
     return _re_num.sub('', Path(nb_path).stem)
 
+def _txt(x): return ''.join(x) if isinstance(x, list) else (x or '')
+
 # --- notebook processing: nbdev's processors, then our own output filters -------------------------
-def _drop_stderr(cell):
-    "Warnings printed while the notebook ran are not part of the docs"
-    if 'outputs' in cell: cell['outputs'] = [o for o in cell.outputs if o.get('name') != 'stderr']
+_re_warning = re.compile(r'^\S.*:\d+: \w*Warning: ')  # `file.py:12: FutureWarning: ...`, then indented source lines
+
+def _drop_warnings(cell):
+    "Python warnings printed while the notebook ran are not part of the docs; other stderr (logs) is"
+    outs = []
+    for o in cell.get('outputs', []):
+        if o.get('name') == 'stderr':
+            keep, in_warning = [], False
+            for line in _txt(o.get('text')).splitlines(True):
+                if _re_warning.match(line): in_warning = True
+                elif not (in_warning and line[:1].isspace()): in_warning = False
+                if not in_warning: keep.append(line)
+            if not ''.join(keep).strip(): continue
+            o['text'] = ''.join(keep)
+        outs.append(o)
+    if 'outputs' in cell: cell['outputs'] = outs
 
 def _quarto_opts(cell):
     "Honour the quarto cell options docs authors use: `echo: false`, `output: false`, `include: false`"
@@ -76,8 +91,8 @@ def process_nb(path):
     nb = read_nb(path)
     class render_added_docs(Processor):
         def begin(self): _render_added_docs(self.nb)
-    procs = [FrontmatterProc, populate_language, add_show_docs, render_added_docs, strip_ansi, hide_line, filter_stream_, rm_header_dash,
-             _quarto_opts, rm_export, clean_magics, hide_, _drop_stderr, strip_hidden_metadata]
+    procs = [FrontmatterProc, populate_language, add_show_docs, render_added_docs, strip_ansi, hide_line, filter_stream_,
+             rm_header_dash, _quarto_opts, rm_export, clean_magics, hide_, _drop_warnings, strip_hidden_metadata]
     NBProcessor(nb=nb, procs=procs, rm_directives=True).process()
     return nb
 
@@ -86,7 +101,6 @@ def _fence(text, lang=''):
     ticks = '`' * max(3, 1 + max((len(m) for m in re.findall(r'`+', text)), default=0))
     return f'{ticks}{lang}\n{text.rstrip()}\n{ticks}'
 
-def _txt(x): return ''.join(x) if isinstance(x, list) else (x or '')
 
 def _output_md(o, img_dir, img_stem, n_img):
     "Markdown for one stored output, and how many images it wrote"

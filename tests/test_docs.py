@@ -62,7 +62,8 @@ def _write_nb(path, png):
         _md('See [the other page](03_other.ipynb#usage) and [fastai](https://docs.fast.ai/x.ipynb).'),
         # stored outputs are shown, never re-run: executing this cell would fail the build
         _code("raise RuntimeError('executed!')  #| hide_line\nvisible = 2\nprint(visible)",
-              _stream('stderr', 'FutureWarning: noisy\n'), _stream('stdout', 'stored stdout 2\n')),
+              _stream('stderr', '/x/torch/jit.py:12: FutureWarning: noisy\n  warnings.warn(\n'), _stream('stdout', 'stored stdout 2\n')),
+        _code('log()', _stream('stderr', 'epoch 1/2 loss 0.5\n/x/y.py:3: UserWarning: noisy too\n  warn(x)\nepoch 2/2 loss 0.4\n')),
         _code('#| echo: false\nsilent_source()', _result(**{'text/plain': 'output of a cell without echo'})),
         _code('#| output: false\nsource_without_output()', _result(**{'text/plain': 'dropped output'})),
         _code('frame', _result(**{'text/html': '<table><tr><td>html cell</td></tr></table>', 'text/plain': 'plain frame'})),
@@ -79,11 +80,11 @@ def test_nb2md(tmp_path):
     nb = build.process_nb(_write_nb(tmp_path/'07_thing.ipynb', png))
     md = build.nb2md(nb, img_dir=tmp_path/'img', img_stem='thing')
     assert md.startswith('# My page\n\n> What the page is about.\n')
-    for gone in ['#|', 'secret_setup', 'def exported_fn', 'show_doc(', 'raise RuntimeError', 'FutureWarning',
+    for gone in ['#|', 'secret_setup', 'def exported_fn', 'show_doc(', 'raise RuntimeError', 'Warning', 'warn(',
                  'silent_source', 'dropped output', '<Figure size', '<ShowDocRenderer>', 'plain frame']:
         assert gone not in md, gone
     for kept in ['### exported_fn\n\n*Exported doc*', '```python\nvisible = 2\nprint(visible)\n```',
-                 '```\nstored stdout 2\n```', '```\noutput of a cell without echo\n```', '```python\nsource_without_output()\n```',
+                 '```\nstored stdout 2\n```', '```\nepoch 1/2 loss 0.5\nepoch 2/2 loss 0.4\n```', '```\noutput of a cell without echo\n```', '```python\nsource_without_output()\n```',
                  '![figure 1](img/thing_0.png)', '<div class="nb-output" markdown="0">\n<table><tr><td>html cell</td>']:
         assert kept in md, kept
     assert (tmp_path/'img'/'thing_0.png').read_bytes() == png
