@@ -145,6 +145,19 @@ def test_uneven_last_batch_and_drop_last():
         assert probe.n_checked == n_b
         assert [len(i) for i in probe.batch_ids][-1] == (96 - 6 * 14 if not drop_last else 14)
 
+def test_one_batch_mid_epoch_does_not_change_the_order():
+    "A callback drawing `dls.train.one_batch()` during training (a new get_idxs call) does not disturb the weights"
+    X, y = _data()
+    class Peek(Callback):
+        def after_batch(self):
+            if self.training and self.iter in (0, 2): self.dls.train.one_batch()
+    w = torch.rand(N_TR, generator=torch.Generator().manual_seed(4)) + .1
+    probe = GradProbe(MSELossFlat(), X[:N_TR], y[:N_TR], (w.double() / w.double().mean()).float())
+    learn = _learner(_tensor_dls(X, y, shuffle=True), loss_func=probe.crit, cbs=[WeightedPerSampleLoss(w), Peek(), probe])
+    with learn.no_bar(), learn.no_logging(): learn.fit(2)
+    assert probe.n_checked == 2 * N_TR // BS
+    assert sorted(torch.cat(probe.ids).tolist()) == sorted(list(range(N_TR)) * 2)
+
 # -- losses -----------------------------------------------------------------------------------------------------------
 
 def _mse_fn(pred, targ, reduction='mean'): return F.mse_loss(pred, targ, reduction=reduction)
