@@ -40,7 +40,7 @@ class GradProbe(Callback):
         p = self.pred.detach().clone().requires_grad_()
         g_plain, = torch.autograd.grad(self.crit(p, *self.yb), p)
         exp = (w.view(len(w), *[1] * (g_plain.ndim - 1)) if w.numel() == len(w) else w.view_as(g_plain)) * g_plain
-        err = (self.pred.grad - exp).abs().max().item() / (g_plain.abs().max().item() + 1e-12)
+        err = (self.pred.grad - exp).abs().max().item() / (exp.abs().max().item() + 1e-12)
         self.max_err = max(self.max_err, err)
         assert err < 1e-5, f'row gradients are not weight x plain gradient (rel. err {err})'
         if self.subset_check:
@@ -362,14 +362,16 @@ open(f'rank{{r}}.txt', 'w').write('\\n'.join(out))
 
 def test_ddp_each_rank_shard(in_tmp):
     from pathlib import Path
-    res = run_distributed(DDP_SCRIPT.format(tests=str(Path(__file__).parent)), nproc=2, cwd=in_tmp)
+    for attempt in range(2):  # a port taken by another process between its choice and its use: run again
+        res = run_distributed(DDP_SCRIPT.format(tests=str(Path(__file__).parent)), nproc=2, cwd=in_tmp)
+        if res.returncode == 0 or 'address already in use' not in res.stderr.lower(): break
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [(in_tmp/f'rank{r}.txt').read_text().split('\n') for r in (0, 1)]
     for i, name in enumerate(('instance', 'lds')):
         shards = []
         for r in (0, 1):
             cb_name, n_checked, err, dl_type, restored, ids = lines[r][i].split(' ')
-            assert (cb_name, n_checked, dl_type, restored) == (name, '7', 'DistributedDL', 'True') and float(err) < 1e-5
+            assert (cb_name, n_checked, dl_type, restored) == (name, '7', 'DistributedDL', 'True') and float(err) < 1e-5, lines[r][i][:200]
             shards.append([int(v) for v in ids.split(',')])
         # 200 items, 2 ranks: 100 each, 7 batches of 16 (the last one 4); the shards cover the training set
         assert [len(s) for s in shards] == [100, 100]
