@@ -45,8 +45,11 @@ def learner(cbs, heads=1, terms=None, seed=0, n=128, n_valid=32, path='.', lr=1e
     return Learner(dls, ProfileCounts(heads=heads), loss_func=MultiLoss(terms), opt_func=Adam, lr=lr, cbs=cbs, path=path)
 
 
-def fit(learn, *a, **k):
-    with learn.no_bar(), learn.no_logging(): learn.fit(*a, **k)
+def fit(learn, *a, quiet=False, **k):
+    "Fit without bar and table; `quiet`: also without the clamp warnings a far-off initial λ gives"
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+        if quiet: warnings.simplefilter('ignore')
+        learn.fit(*a, **k)
 
 
 def rows(learn):
@@ -68,9 +71,7 @@ def test_rule_against_reference(in_tmp, init, aggr):
     "Every λ in the Recorder follows BPReveal's rule from the previous epoch's recorded losses (valid at epoch 0, train later), with clamps"
     acw = AdaptiveCountsWeight({'seq': 0.3}, aggression=aggr, init=init)
     learn = learner(acw)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        fit(learn, 6)
+    fit(learn, 6, quiet=True)
     rs = rows(learn)
     lam = [r['lambda_seq'] for r in rs]
     assert lam[0] == pytest.approx(1. if init is None else init)
@@ -88,9 +89,7 @@ def test_rule_against_reference(in_tmp, init, aggr):
 def test_counts_fraction_approaches_target(in_tmp):
     acw = AdaptiveCountsWeight({'seq': 0.25}, aggression=0.5, init=0.05)
     learn = learner(acw)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        fit(learn, 8)
+    fit(learn, 8, quiet=True)
     frac = acw.history_df()['frac_seq']
     assert abs(frac.iloc[-1] - 0.25) < 0.03 and abs(frac.iloc[0] - 0.25) > 0.15
 
@@ -102,9 +101,7 @@ def test_rebase_real_trackers(in_tmp):
     es_tr = EarlyStoppingCallback(monitor='train_loss', patience=100)
     other = EarlyStoppingCallback(monitor='valid_seq_profile_loss', patience=100)
     learn = learner([acw, es, lrp, sm, es_tr, other], path=in_tmp)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        fit(learn, 5)
+    fit(learn, 5, quiet=True)
     rs = rows(learn)
     lam_next = [r for r in acw.history_df()['next_lambda_seq']]
     for mon, tr in (('valid', es), ('train', es_tr)):
@@ -123,9 +120,7 @@ def test_rebase_save_model(in_tmp):
     save_model = pytest.importorskip('tsai_cbs.save_model')
     acw, sm = AdaptiveCountsWeight({'seq': 0.4}, aggression=1.0, init=0.02), save_model.SaveModel(fname='m')
     learn = learner([acw, sm], path=in_tmp)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        fit(learn, 4)
+    fit(learn, 4, quiet=True)
     rs, lam = rows(learn), learn.loss_func.weight('seq', 'counts')
     rec = sm.best_epoch
     assert acw.records.record_epoch(sm) == (0, rec)
@@ -179,15 +174,13 @@ def test_fit_errors_before_training(in_tmp, kw, terms, match):
 def test_several_fits_and_resume(in_tmp):
     acw = AdaptiveCountsWeight({'seq': 0.3}, aggression=0.3, init=1.)
     learn = learner(acw)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        fit(learn, 2)
-        lam_after = learn.loss_func.weight('seq', 'counts')
-        fit(learn, 2)
-        fit(learn, 5, start_epoch=3)
+    fit(learn, 2, quiet=True)
+    lam_after = learn.loss_func.weight('seq', 'counts')
+    fit(learn, 2, quiet=True)
+    fit(learn, 5, start_epoch=3, quiet=True)
     df = acw.history_df()
     assert list(zip(df['fit'], df['epoch'])) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 3), (2, 4)]
-    assert list(df['step']) == [0, 1, 2, 3, 4, 4 + 1] and list(df['split']) == ['valid'] + ['train'] * 5
+    assert list(df['step']) == [0, 1, 2, 3, 4, 5] and list(df['split']) == ['valid'] + ['train'] * 5
     assert df['lambda_seq'][2] == lam_after  # the second fit continues from the λ reached, not from `init`
     rs = rows(learn)  # the resumed fit: damped rule (step >= 2) from the recorded losses
     lam = df['lambda_seq'][4]
@@ -251,9 +244,7 @@ def test_bundle(in_tmp, capsys):
 def test_plot(in_tmp):
     acw = AdaptiveCountsWeight({'seq': 0.3, 'chip': 0.6}, init=1.)
     learn = learner(acw, heads=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        fit(learn, 3)
+    fit(learn, 3, quiet=True)
     axs = acw.plot()
     assert len(axs[0].lines) == 2 and len(axs[1].lines) == 4  # λ per head; fraction + target line per head
     np.testing.assert_allclose(axs[0].lines[1].get_ydata(), acw.history_df()['lambda_chip'])

@@ -173,6 +173,7 @@ def test_routing_and_errors(in_tmp):
     with pytest.raises(ValueError, match='no terms'): MultiLoss({'x': {}})
     with pytest.raises(ValueError, match='finite'): MultiLoss({'x': {'c': counts_mse}}, weights={'x': {'c': float('nan')}})
     with pytest.raises(TypeError, match='train_mean'): MultiLossCallback(train_mean=1)
+    with pytest.raises(ValueError, match='with_loss'): one(p, y, reduction='none')
     learn = synth_learner(cbs=MultiLossCallback())
     w0 = [q.detach().clone() for q in learn.model.parameters()]
     with pytest.raises(TypeError, match='MultiLoss'): learn.fit(1)
