@@ -170,6 +170,16 @@ def test_bad_shapes_fail_before_training():
     assert all(torch.equal(a, b) for a, b in zip(init, learn.model.parameters()))  # no step was taken
     assert not hasattr(learn, 'kept_rows')
 
+@pytest.mark.parametrize('exc', [RuntimeError('boom'), KeyboardInterrupt()])
+def test_kept_rows_removed_however_fit_ends(exc):
+    from test_loss_weights import Failing
+    X, y = synth_data(N_TR + 32, 'regression', seed=1)
+    crit = MSELossFlat()
+    learn = Learner(KINDS['tensor'](X, y), Failing(exc, at=3), loss_func=crit,
+                    cbs=[BatchSubsampler(sample_pct=.5, step_pct=.5), WeightedPerSampleLoss(torch.rand(N_TR) + .1)])
+    with learn.no_bar(), learn.no_logging(), pytest.raises(type(exc)): learn.fit(1)
+    assert not hasattr(learn, 'kept_rows') and learn.loss_func is crit and 'get_idxs' not in learn.dls.train.__dict__
+
 def test_repr():
     assert repr(BatchSubsampler(sample_pct=(.5, 1.), step_pct=.25, seed=3)) == \
         'BatchSubsampler(sample_pct=(0.5, 1.0), step_pct=0.25, same_seq_len=True, update_y=False, seed=3)'

@@ -79,15 +79,26 @@ def _datasets_dls(X, y, **kw):
     set_seed(0)
     return dsets.dataloaders(bs=BS, **kw)
 
+class GetPair:
+    "Item `i` as an (input, target) tuple: a `TfmdLists` whose single transform gives both"
+    def __init__(self, X, y): self.X, self.y = X, y
+    def __call__(self, i): return self.X[i], self.y[i]
+
+def _tfmdlists_dls(X, y, **kw):
+    from fastai.data.core import TfmdLists
+    tl = TfmdLists(list(range(len(X))), [GetPair(X, y)], splits=[SPLIT_TR, SPLIT_VA])
+    set_seed(0)
+    return tl.dataloaders(bs=BS, **kw)
+
 def _from_dsets(X, y, **kw):
     set_seed(0)
     return DataLoaders.from_dsets(TensorDataset(X[:N_TR], y[:N_TR]), TensorDataset(X[N_TR:], y[N_TR:]), bs=BS, **kw)
 
-KINDS = {'tensor': _tensor_dls, 'datasets': _datasets_dls, 'from_dsets': _from_dsets}
+KINDS = {'tensor': _tensor_dls, 'datasets': _datasets_dls, 'tfmdlists': _tfmdlists_dls, 'from_dsets': _from_dsets}
 
 def _train_view(kind, X, y):
     "Training inputs/targets in the order of the training dataset's positions"
-    if kind == 'datasets': return X[SPLIT_TR], y[SPLIT_TR]
+    if kind in ('datasets', 'tfmdlists'): return X[SPLIT_TR], y[SPLIT_TR]
     return X[:N_TR], y[:N_TR]
 
 def _learner(dls, task='regression', loss_func=None, cbs=None, n_out=3):
@@ -99,7 +110,7 @@ def _learner(dls, task='regression', loss_func=None, cbs=None, n_out=3):
 @pytest.mark.parametrize('kind,kw', [
     ('tensor', dict(shuffle=True)), ('tensor', dict(shuffle=True, drop_last=True, num_workers=2)),
     ('datasets', dict(shuffle=True)), ('datasets', dict(shuffle=True, drop_last=True, num_workers=2)),
-    ('from_dsets', dict()), ('from_dsets', dict(num_workers=2)),
+    ('tfmdlists', dict(shuffle=True)), ('from_dsets', dict()), ('from_dsets', dict(num_workers=2)),
 ])
 def test_row_weights_every_dataloader(kind, kw):
     X, y = _data()
@@ -107,7 +118,7 @@ def test_row_weights_every_dataloader(kind, kw):
     g = torch.Generator().manual_seed(3)
     # random weights: each row's gradient is its own item's weight times its unweighted gradient
     w_all = torch.rand(N_TR + N_VA, generator=g) + 0.1
-    if kind == 'datasets':  # train + valid form: indexed by position in the full items
+    if kind in ('datasets', 'tfmdlists'):  # train + valid form: indexed by position in the full items
         w_train = w_all[SPLIT_TR]; cb = WeightedPerSampleLoss(w_all)
     else: w_train = w_all[:N_TR]; cb = WeightedPerSampleLoss(w_train)
     w_norm = (w_train.double() / w_train.double().mean()).float()
@@ -124,7 +135,7 @@ def test_row_weights_every_dataloader(kind, kw):
     # weights 1 on a chosen subset, 0 elsewhere: the step gradient is the plain gradient on just those rows
     sub = torch.zeros(N_TR); sub[torch.randperm(N_TR, generator=g)[:N_TR // 3]] = 1
     w = torch.zeros(N_TR + N_VA)
-    if kind == 'datasets': w[torch.tensor(SPLIT_TR)] = sub
+    if kind in ('datasets', 'tfmdlists'): w[torch.tensor(SPLIT_TR)] = sub
     else: w[:N_TR] = sub
     probe = GradProbe(crit, Xtr, ytr, sub / sub.mean(), subset_check=True)
     learn = _learner(KINDS[kind](X, y, **kw), loss_func=crit, cbs=[WeightedPerSampleLoss(w), probe])
@@ -231,12 +242,14 @@ def test_all_zero_on_training_part():
 
 # -- validation loss, restoration --------------------------------------------------------------------------------------
 
-def test_validation_loss_unweighted():
+@pytest.mark.parametrize('weighting', ['instance', 'lds'])
+def test_validation_loss_unweighted(weighting):
     X, y = _data()
-    learn = _learner(_tensor_dls(X, y, shuffle=True), cbs=WeightedPerSampleLoss(torch.rand(N_TR) * 5))
+    cb = WeightedPerSampleLoss(torch.rand(N_TR) * 5) if weighting == 'instance' else LDSWeightedLoss(y[:N_TR])
+    learn = _learner(_tensor_dls(X, y, shuffle=True), cbs=cb)
     with learn.no_bar(), learn.no_logging(): learn.fit(2)
     weighted_valid = learn.recorder.values[-1][1]
-    learn.remove_cb(learn.weighted_per_sample_loss)
+    learn.remove_cb(cb)
     plain = Learner(learn.dls, learn.model, loss_func=MSELossFlat())
     with plain.no_bar(), plain.no_logging(): assert plain.validate()[0] == weighted_valid
     with learn.no_bar(), learn.no_logging(): assert learn.validate()[0] == weighted_valid
