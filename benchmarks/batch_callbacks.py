@@ -21,7 +21,7 @@ batch's indices at once (the epoch order still comes from `get_idxs`, which `Wei
 that Python per-item collation does not swamp the step.
 
 CPU: the project's `SynthModel` (hidden 16) on (3, 64) sequences, batch 32, 64 batches per epoch, OMP_NUM_THREADS as
-set (1 by default here). GPU: a 1-D CNN with about 3.4 M parameters on (3, 512) sequences, batch 256, 32 batches per
+set (1 by default here). GPU: a 1-D CNN with about 3.0 M parameters on (3, 512) sequences, batch 256, 32 batches per
 epoch, data on the GPU. The GPU target of the issue: each callback at most 2% of the bare step.
 """
 import math, os, statistics, sys, time
@@ -69,7 +69,7 @@ class TrainTimer(Callback):
 
 
 def cnn(n_vars=3, width=256, depth=6):
-    "A 1-D CNN of about 3.4 M parameters (width 256, 6 conv layers, kernel 9)"
+    "A 1-D CNN of about 3.0 M parameters (width 256, 6 conv layers, kernel 9)"
     layers, c = [], n_vars
     for _ in range(depth): layers += [nn.Conv1d(c, width, 9, padding=4), nn.BatchNorm1d(width), nn.ReLU()]; c = width
     return nn.Sequential(*layers, nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(width, 1), nn.Flatten(0))
