@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelBatchException
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
@@ -199,3 +199,28 @@ def test_history_keys_fits_and_resume(in_tmp):
     # validate(): the term columns are there, nothing is added to the history
     res = learn.validate()
     assert len(res) == 1 + 16 and sorted(mlcb.history)[-1] == (2, 0)
+
+
+class SkipOddValid(Callback):
+    "Cancels every other validation batch before its loss is computed"
+    order = 1
+    def before_validate(self): self.i = 0
+    def before_batch(self):
+        if not self.training:
+            self.i += 1
+            if self.i % 2 == 0: raise CancelBatchException
+
+
+def test_cancelled_batches_add_nothing(in_tmp):
+    learn = two_head_learner([MultiLossCallback(), SkipOddValid()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    r = rows(learn)[-1]
+    learn.model.eval()
+    tot, n = 0., 0
+    with torch.no_grad():
+        for i, (x, y1, y2) in enumerate(learn.dls.valid):
+            if i % 2: continue  # the cancelled ones
+            (pa, pb) = learn.model(x)
+            tot += profile_nll(pa, y1).item() * len(x); n += len(x)
+    assert r['valid_a_profile_loss'] == pytest.approx(tot / n, rel=1e-5)
+    assert learn.loss_func.last is None
