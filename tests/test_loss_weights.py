@@ -353,6 +353,7 @@ import torch, torch.distributed as dist, sys
 sys.path.insert(0, {tests!r})
 from tsai_cbs.testing import synth_learner, synth_data, patch_distributed_dl_for_cpu
 from tsai_cbs.loss_weights import WeightedPerSampleLoss, LDSWeightedLoss
+from tsai_cbs.batch_subsampler import BatchSubsampler
 from tsai_cbs.lds import prepare_LDS_weights
 from fastai.losses import MSELossFlat
 from test_loss_weights import GradProbe
@@ -361,11 +362,13 @@ X, y = synth_data(200 + 64, 'regression', seed=0)
 Xtr, ytr = X[:200], y[:200]
 w = torch.rand(200, generator=torch.Generator().manual_seed(5)) + .1
 out = []
-for name, cb, wn in (('instance', WeightedPerSampleLoss(w), (w.double() / w.double().mean()).float()),
-                     ('lds', LDSWeightedLoss(ytr, n_bins=10), prepare_LDS_weights(ytr, n_bins=10, show_plot=False))):
+wn = (w.double() / w.double().mean()).float()
+for name, cbs, wn, by in (('instance', [WeightedPerSampleLoss(w)], wn, 'x'),
+                          ('lds', [LDSWeightedLoss(ytr, n_bins=10)], prepare_LDS_weights(ytr, n_bins=10, show_plot=False), 'x'),
+                          ('subsampled', [BatchSubsampler(sample_pct=1., step_pct=.5, seed=0), WeightedPerSampleLoss(w)], wn, 'y')):
     crit = MSELossFlat()
-    probe = GradProbe(crit, Xtr, ytr, wn)
-    learn = synth_learner('regression', n_train=200, n_valid=64, bs=16, cbs=[cb, probe], loss_func=crit)
+    probe = GradProbe(crit, Xtr, ytr, wn, by=by)
+    learn = synth_learner('regression', n_train=200, n_valid=64, bs=16, cbs=cbs + [probe], loss_func=crit)
     with learn.distrib_ctx(cpu=True), learn.no_bar(), learn.no_logging(): learn.fit(1)
     ids = torch.cat(probe.ids).tolist()
     out.append(f"{{name}} {{probe.n_checked}} {{probe.max_err:.1e}} {{probe.dl_type}} {{learn.loss_func is crit}} " + ','.join(map(str, ids)))
@@ -380,7 +383,7 @@ def test_ddp_each_rank_shard(in_tmp):
         if res.returncode == 0 or 'address already in use' not in res.stderr.lower(): break
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [(in_tmp/f'rank{r}.txt').read_text().split('\n') for r in (0, 1)]
-    for i, name in enumerate(('instance', 'lds')):
+    for i, name in enumerate(('instance', 'lds', 'subsampled')):
         shards = []
         for r in (0, 1):
             cb_name, n_checked, err, dl_type, restored, ids = lines[r][i].split(' ')
@@ -388,4 +391,6 @@ def test_ddp_each_rank_shard(in_tmp):
             shards.append([int(v) for v in ids.split(',')])
         # 200 items, 2 ranks: 100 each, 7 batches of 16 (the last one 4); the shards cover the training set
         assert [len(s) for s in shards] == [100, 100]
-        assert sorted(shards[0] + shards[1]) == list(range(200))
+        if name == 'subsampled':  # rows drawn with replacement within each rank's own batches
+            assert not set(shards[0]) & set(shards[1]) and len(set(shards[0])) < 100
+        else: assert sorted(shards[0] + shards[1]) == list(range(200))
