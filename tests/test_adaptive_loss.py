@@ -250,3 +250,27 @@ def test_plot(in_tmp):
     np.testing.assert_allclose(axs[0].lines[1].get_ydata(), acw.history_df()['lambda_chip'])
     axs[0].figure.savefig(in_tmp/'lam.png')
     assert (in_tmp/'lam.png').stat().st_size > 0
+
+
+class Interrupt(Callback):
+    "Raises `exc` in the second training batch of epoch `at`"
+    order = 0
+    def __init__(self, at, exc): self.at, self.exc = at, exc
+    def after_batch(self):
+        if self.training and self.epoch == self.at and self.iter == 1: raise self.exc
+
+
+@pytest.mark.parametrize('exc', [KeyboardInterrupt, RuntimeError])
+def test_interrupted_fit_then_refit(in_tmp, exc):
+    acw, es = AdaptiveCountsWeight({'seq': 0.3}, init=1.), EarlyStoppingCallback(patience=100)
+    stop = Interrupt(1, exc('stop'))
+    learn = learner([acw, es, stop], path=in_tmp)
+    with pytest.raises(exc): fit(learn, 3, quiet=True)
+    h = acw.history_df()
+    assert len(h) == 1 and learn.loss_func.weight('seq', 'counts') == h['next_lambda_seq'][0]  # applied before epoch 1
+    assert acw._pending is None and not acw._in_fit and learn.loss_func.last is None
+    learn.remove_cb(stop)
+    fit(learn, 2, quiet=True)
+    assert sorted(acw.history) == [(0, 0), (1, 0), (1, 1)] and list(acw.history_df()['step']) == [0, 1, 2]
+    rec = acw.records.record_epoch(es)
+    assert rec[0] == 1 and es.best == pytest.approx(acw.loss_at(rec, 'valid'), rel=1e-9)
