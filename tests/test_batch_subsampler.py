@@ -180,6 +180,11 @@ def test_kept_rows_removed_however_fit_ends(exc):
     with learn.no_bar(), learn.no_logging(), pytest.raises(type(exc)): learn.fit(1)
     assert not hasattr(learn, 'kept_rows') and learn.loss_func is crit and 'get_idxs' not in learn.dls.train.__dict__
 
+def test_one_subsampler_per_learner():
+    learn = synth_learner('regression', n_train=64, n_valid=32, cbs=[BatchSubsampler(sample_pct=.5), BatchSubsampler(step_pct=.5)])
+    with pytest.raises(ValueError, match='one `BatchSubsampler` per Learner'): learn.fit(1)
+    assert not hasattr(learn, 'kept_rows')
+
 def test_repr():
     assert repr(BatchSubsampler(sample_pct=(.5, 1.), step_pct=.25, seed=3)) == \
         'BatchSubsampler(sample_pct=(0.5, 1.0), step_pct=0.25, same_seq_len=True, update_y=False, seed=3)'
