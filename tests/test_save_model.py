@@ -150,6 +150,14 @@ def test_fastai_compat_every_epoch_at_end_and_validate(in_tmp):
     learn = synth_learner(path='v', cbs=cb)
     quiet_fit(learn, 1)
     assert cb.last_saved_path == Path('v/models/model.pth') and cb.new_best
+    # reset_on_fit=False: the next fit must beat the previous best, else the previous best file is loaded
+    learn = synth_learner(path='keep', metrics=Scripted([1., 2., 3.]), cbs=[SaveModel(monitor='score', mode='min', reset_on_fit=False), Grab()])
+    quiet_fit(learn, 1)
+    first = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    quiet_fit(learn, 3)  # epochs 0-2 score 1, 2, 3 again: none beats 1
+    assert (learn.save_model.best, learn.save_model.best_epoch) == (1., 0)
+    assert all(torch.equal(first[k], v) for k, v in learn.model.state_dict().items())
+    assert not all(torch.equal(first[k], v) for k, v in learn.grab.w.items())
 
 
 def test_with_opt_loads_on_current_torch(in_tmp):
