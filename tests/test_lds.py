@@ -338,3 +338,15 @@ def test_prop_bin_index_is_searchsorted_on_edges(vals, n_bins, dtype):
     np.testing.assert_array_equal(b.counts.numpy(), np.bincount(direct[:len(y)], minlength=b.n_bins))
     ideal = b.lo + (b.hi - b.lo) * np.arange(b.n_bins + 1) / b.n_bins
     assert np.all(np.abs(e.astype(np.float64) - ideal) <= 8 * np.spacing(dtype(max(abs(b.lo), abs(b.hi)))))
+
+
+def test_cpu_passes_restore_the_thread_setting():
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        y = torch.from_numpy(skewed(100_000))
+        b = lds_bins(y); prepare_LDS_weights(y, show_plot=False); b(y); b.bin_index(y)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError): prepare_LDS_weights(torch.full((100_000,), math.nan), show_plot=False)
+        assert torch.get_num_threads() == 2  # also after an error
+    finally: torch.set_num_threads(n0)
