@@ -141,6 +141,8 @@ def test_prepare_equals_bins_call_bit_for_bit():
     import pickle
     assert w.is_contiguous() and torch.equal(pickle.loads(pickle.dumps(w)), w) and torch.equal(torch.from_numpy(w.numpy()), w)
     w2 = w * 2; del w; assert torch.equal(w2 / 2, b(big))
+    big64 = skewed(2_200_000, seed=6, dtype=np.float64)  # float64 labels, several chunks: no in-place path
+    assert torch.equal(prepare_LDS_weights(big64, show_plot=False), lds_bins(big64)(big64))
 
 
 def test_empty_smoothed_bins_and_weight_table():
