@@ -12,9 +12,10 @@ Time: best of several calls (after a warm-up on 1,000 labels), in a fresh subpro
 Peak extra memory: in that subprocess, the peak resident set size during the first call minus the resident set size
 just before it (Linux: the peak is reset through /proc/self/clear_refs, read back as VmHWM), reported as a multiple
 of the labels' bytes. It covers everything the call allocates, numpy and torch alike, including the returned weights.
-Threads: whatever torch picks with OMP_NUM_THREADS as set (unset = all cores; printed in the header); ours is also run
-with OMP_NUM_THREADS=1 (column "ours 1 thr"). The numpy baseline is single-threaded either way. Other processes on a
-shared machine make single calls slow now and then, hence best-of-N.
+Threads: run with OMP_NUM_THREADS as set (unset = all cores; printed in the header), and ours again with
+OMP_NUM_THREADS=1 (column "ours 1 thr"). `prepare_LDS_weights` runs its CPU passes on one thread either way (see the
+notebook), and the numpy baseline is single-threaded, so the two columns should agree. Other processes on a shared
+machine make single calls slow now and then, hence best-of-N over rounds.
 CUDA (only when available): 1e8 labels already on the GPU, median of 20 calls timed with CUDA events around the call,
 peak extra from `torch.cuda.max_memory_allocated`.
 """
