@@ -282,6 +282,25 @@ def test_ddp_rank0_writes_others_wait_then_load_the_same_best(in_tmp):
         best = sm.load_checkpoint('models/model.pth')['model']
         same = all(torch.equal(best[k], v) for k, v in learn.model.state_dict().items())
         open(f'rank{r}.txt', 'w').write(f"{cb.n_written} {cb.best_epoch} {cb.best:.6f} {same}")
+        # resume under DDP: a run crashed after epoch 2 of 4, resumed, equals the straight run above
+        import fastai.callback.schedule  # fit_one_cycle
+        from fastai.callback.core import Callback
+        from fastai.torch_core import get_model
+        class Crash(Callback):
+            order = 99
+            def after_epoch(self):
+                if self.epoch == 1: raise RuntimeError('simulated crash')
+        final = {}
+        for name, cbs in (('straight', [sm.SaveModel(at_end=True)]), ('crash', [sm.SaveModel(resume=True), Crash()]),
+                          ('resumed', [sm.SaveModel(resume=True, fname='final', at_end=True)])):
+            learn = synth_learner('regression', path='resume' if name != 'straight' else 'straight', cbs=cbs, lr=3e-2)
+            try:
+                with learn.distrib_ctx(cpu=True), learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4)
+            except RuntimeError: pass
+            final[name] = {k: v.clone() for k, v in get_model(learn.model).state_dict().items()}  # still DDP-wrapped after the crash
+        ok = all(torch.allclose(final['resumed'][k], v, rtol=1e-5, atol=1e-6) for k, v in final['straight'].items())
+        differs = not all(torch.equal(final['crash'][k], v) for k, v in final['straight'].items())
+        open(f'resume{r}.txt', 'w').write(f"{ok} {differs}")
     ''', nproc=2, cwd=in_tmp, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     (n0, e0, b0, same0), (n1, e1, b1, same1) = [(in_tmp/f'rank{r}.txt').read_text().split() for r in (0, 1)]
@@ -289,3 +308,4 @@ def test_ddp_rank0_writes_others_wait_then_load_the_same_best(in_tmp):
     assert (e0, b0) == (e1, b1)  # rank 0's values decided for both
     assert same0 == same1 == 'True'  # both loaded the final best file, fully written
     assert sorted(p.name for p in (in_tmp/'models').iterdir()) == ['model.pth', 'model_iter.pth', 'model_last.pth']
+    assert [(in_tmp/f'resume{r}.txt').read_text() for r in (0, 1)] == ['True True'] * 2
