@@ -102,9 +102,12 @@ def test_all_equal_labels():
     assert (b.n_bins, b.lo, b.hi) == (1, 1.5, 2.5)
     b = lds_bins(np.full(5, 3.75))  # float: range widened by 0.5 on each side
     assert (b.n_bins, b.lo, b.hi) == (math.ceil(2 * 5 ** (1 / 3)), 3.25, 4.25)
-    for lab in ([3.7] * 5, [2] * 5):
-        assert torch.equal(prepare_LDS_weights(lab, show_plot=False), torch.ones(5))
-        assert torch.equal(prepare_LDS_weights(lab, n_bins=10, show_plot=False), torch.ones(5))
+    tiny = np.array([0, 7.8e-41, 0], dtype=np.float32)  # a subnormal spread: as good as equal
+    b = lds_bins(tiny, n_bins=4)
+    assert b.lo == -0.5 and b.bin_index(tiny).tolist() == [2, 2, 2]
+    for lab in ([3.7] * 5, [2] * 5, tiny):
+        assert torch.equal(prepare_LDS_weights(lab, show_plot=False), torch.ones(len(lab)))
+        assert torch.equal(prepare_LDS_weights(lab, n_bins=10, show_plot=False), torch.ones(len(lab)))
 
 
 # --- weights ---------------------------------------------------------------------------------------------
@@ -179,6 +182,12 @@ def test_input_types_give_the_same_weights():
     # float32 labels are binned in float32: same as float64 for labels exactly representable in both
     y32 = y64.astype(np.float32)
     assert torch.equal(prepare_LDS_weights(y32, show_plot=False), prepare_LDS_weights(y32.astype(np.float64), show_plot=False))
+    # strided views and half-precision labels (binned in float32, like their float32 values)
+    t32 = torch.from_numpy(y32)
+    assert torch.equal(prepare_LDS_weights(t32[::3], show_plot=False), prepare_LDS_weights(t32[::3].contiguous(), show_plot=False))
+    for half in (torch.float16, torch.bfloat16):
+        h = t32.to(half)
+        assert torch.equal(prepare_LDS_weights(h, show_plot=False), prepare_LDS_weights(h.float(), show_plot=False))
     # the labels are not modified
     t = torch.from_numpy(y32.copy()); prepare_LDS_weights(t, show_plot=False); assert torch.equal(t, torch.from_numpy(y32))
 
