@@ -186,3 +186,11 @@ def test_item_tfms_in_workers_warn(in_tmp):
     with pytest.warns(UserWarning, match='worker processes'): _fit(learn, 1)
     learn = synth_learner(after_item=ItemSpy(1.), cbs=TransformScheduler(SchedLin(1., 2.), item_tfms=False), n_train=64, n_valid=32)
     with pytest.warns(UserWarning, match='nothing to schedule'): _fit(learn, 1)
+
+def test_no_worker_warning_without_workers(in_tmp):
+    "fastai's `DataLoader.num_workers` is always 1; the worker processes are counted by its `fake_l`"
+    learn = synth_learner(after_item=ItemSpy(1.), cbs=TransformScheduler(SchedLin(1., 2.)), n_train=64, n_valid=32, num_workers=0)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        _fit(learn, 1)
+    assert not [o for o in w if 'TransformScheduler' in str(o.message)]
