@@ -1,5 +1,5 @@
 "SaveModel on real Learners and real files: exact resume, SIGKILL at random moments, DDP, ranking, NaN, loading on current torch."
-import os, random, select, signal, threading, time, warnings
+import os, random, select, signal, subprocess, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
 import pytest
@@ -8,7 +8,8 @@ from torch import nn
 import fastai.callback.schedule  # fit_one_cycle
 from fastai.callback.core import Callback
 from fastai.metrics import Metric
-from tsai_cbs.save_model import SaveModel, load_checkpoint, atomic_write
+import tsai_cbs.save_model as sm
+from tsai_cbs.save_model import SaveModel, load_checkpoint, atomic_write, clean_tmp_files
 from tsai_cbs.testing import synth_learner, run_distributed
 
 
@@ -196,6 +197,38 @@ def test_failed_background_write_raises_in_training_thread(in_tmp, monkeypatch):
     learn = synth_learner(cbs=SaveModel(background=True))
     with pytest.raises(OSError, match='disk full'): quiet_fit(learn, 3)
     assert not [t for t in threading.enumerate() if t.name.startswith('SaveModel')]
+
+
+def test_tmp_cleanup_spares_a_write_in_progress_in_another_process(in_tmp):
+    # another process saves (slowly) into the same folder while this one starts a fit there
+    writer = subprocess.Popen([sys.executable, '-c', """if True:
+        import time
+        from pathlib import Path
+        from tsai_cbs.save_model import atomic_write
+        def slow(f):
+            f.write(b'first half, '); f.flush(); Path('started').touch()
+            while not Path('go').exists(): time.sleep(0.02)
+            f.write(b'second half')
+        atomic_write('models/other.bin', slow)
+    """], cwd=in_tmp)
+    deadline = time.time() + 120
+    while not (in_tmp/'started').exists():
+        assert writer.poll() is None and time.time() < deadline, 'the writer did not start'
+        time.sleep(0.05)
+    gone = subprocess.Popen([sys.executable, '-c', 'pass']); gone.wait()  # a writer killed mid-write left this one
+    left = in_tmp/'models'/f'.model.pth.{sm._HOST}.{gone.pid}.abcd1234.tsai_cbs.tmp'
+    left.write_bytes(b'partial')
+    quiet_fit(synth_learner(cbs=SaveModel()), 1)  # SaveModel cleans the folder when fit starts
+    (in_tmp/'go').touch()
+    assert writer.wait(120) == 0
+    assert (in_tmp/'models'/'other.bin').read_bytes() == b'first half, second half'
+    assert not left.exists() and files('.') == ['model.pth', 'other.bin']
+    # a temp file nobody touched for `max_age` seconds goes, whatever its writer (other hosts, reused pids)
+    mine = in_tmp/'models'/f'.x.pth.{sm._HOST}.{os.getpid()}.abcd1234.tsai_cbs.tmp'
+    mine.write_bytes(b'')
+    assert clean_tmp_files(in_tmp/'models') == 0 and mine.exists()
+    os.utime(mine, (time.time() - 7200,) * 2)
+    assert clean_tmp_files(in_tmp/'models') == 1 and not mine.exists()
 
 
 # ---- SIGKILL at random moments: every checkpoint on disk is always complete

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_save_model.ipynb #989be7c0
 from __future__ import annotations
-import io, math, os, random, string, tempfile, warnings
+import io, math, os, random, re, socket, string, tempfile, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -27,6 +27,8 @@ __all__ = ['atomic_write', 'atomic_save', 'clean_tmp_files', 'load_checkpoint', 
 # %% ../nbs/05_save_model.ipynb #d22d7fe4
 _TMP_SUFFIX = '.tsai_cbs.tmp'
 _UMASK = os.umask(0); os.umask(_UMASK)  # mkstemp creates 0600 files; checkpoints get the usual permissions instead
+_HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:40] or 'host'
+_TMP_RE = re.compile(r'\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^.]+' + re.escape(_TMP_SUFFIX) + '$')
 
 def _fsync_dir(folder):
     # makes the rename itself durable; not possible on every OS/filesystem (e.g. Windows), where it is skipped
@@ -40,7 +42,8 @@ def atomic_write(path, # destination file
     "Write `path` so that it is always either the complete old file or the complete new one: temp file in the same folder, flush, fsync, `os.replace`"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=_TMP_SUFFIX, dir=path.parent)
+    # the writer's host and pid in the name tell `clean_tmp_files` whether the write may still be in progress
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{_HOST}.{os.getpid()}.', suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as f:
             write_fn(f)
@@ -60,12 +63,30 @@ def atomic_save(obj, # anything `torch.save` can write
     "`torch.save(obj, path)` through `atomic_write`: a crash leaves the previous file or the new one, never a partial file"
     return atomic_write(path, lambda f: torch.save(obj, f, **kwargs))
 
-def clean_tmp_files(folder): # folder of checkpoints
-    "Delete temp files that `atomic_write` left in `folder` when a process was killed mid-write; returns their number"
+def _pid_alive(pid):
+    if os.name == 'nt': return True  # no safe probe there (`os.kill(pid, 0)` would interrupt the process): age decides
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OSError: pass  # e.g. another user's process
+    return True
+
+def _tmp_abandoned(p, max_age):
+    try: age = time.time() - p.stat().st_mtime
+    except OSError: return False  # already renamed or removed by its writer
+    if age > max_age: return True
+    m = _TMP_RE.search(p.name)
+    return bool(m) and m['host'] == _HOST and int(m['pid']) != os.getpid() and not _pid_alive(int(m['pid']))
+
+def clean_tmp_files(folder, # folder of checkpoints
+                    max_age:float=3600.): # seconds without a change after which any temp file counts as abandoned
+    "Delete the temp files that `atomic_write` left in `folder` when a process was killed mid-write; returns their number"
+    # Another process may be writing to the same folder right now: only the files of a writer that is gone (a dead pid on
+    # this host) or untouched for `max_age` seconds (other hosts, reused pids, older names) are removed.
     folder = Path(folder)
     if not folder.is_dir(): return 0
     n = 0
     for p in folder.rglob(f'.*{_TMP_SUFFIX}'):
+        if not _tmp_abandoned(p, max_age): continue
         with suppress(OSError): p.unlink(); n += 1
     return n
 
