@@ -274,3 +274,28 @@ def test_interrupted_fit_then_refit(in_tmp, exc):
     assert sorted(acw.history) == [(0, 0), (1, 0), (1, 1)] and list(acw.history_df()['step']) == [0, 1, 2]
     rec = acw.records.record_epoch(es)
     assert rec[0] == 1 and es.best == pytest.approx(acw.loss_at(rec, 'valid'), rel=1e-9)
+
+
+def test_zero_lambda_error_before_training(in_tmp):
+    "A starting λ of 0 cannot be adapted (the rule only scales λ): a clear error before training, not a crash after the first epoch"
+    with pytest.raises(ValueError, match='lam0'): adaptive_lambda(0., 1., 1., 0.3, 0.3, 0)
+    acw = AdaptiveCountsWeight({'seq': 0.3}, init=None)
+    learn = learner(acw)
+    learn.loss_func.set_weight('seq', 'counts', 0.)
+    w0 = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match="counts weight λ of head 'seq'"): fit(learn, 2)
+    assert all(torch.equal(a, b) for a, b in zip(w0, learn.model.parameters())) and acw.lambda_history == []
+    assert learn.loss_func.weight('seq', 'counts') == 0.
+    # `init` for one head only: the other keeps its weight, which must then be positive too
+    acw = AdaptiveCountsWeight({'seq': 0.3, 'chip': 0.3}, init={'seq': 2.})
+    learn = learner(acw, heads=2)
+    learn.loss_func.set_weight('chip', 'counts', 0.)
+    with pytest.raises(ValueError, match="head 'chip'"): fit(learn, 1)
+    assert learn.loss_func.weights['seq']['counts'] == 1. and acw.lambda_history == []
+    # set to 0 between two fits
+    acw = AdaptiveCountsWeight({'seq': 0.3}, init=1.)
+    learn = learner(acw)
+    fit(learn, 1, quiet=True)
+    learn.loss_func.set_weight('seq', 'counts', 0.)
+    with pytest.raises(ValueError, match="counts weight λ of head 'seq'"): fit(learn, 1)
+    assert len(acw.lambda_history) == 1
