@@ -165,7 +165,7 @@ def test_bad_arguments():
         with pytest.raises((TypeError, ValueError), match=name): ShowGraph(**kw)
 
 def test_ddp_rank0_only(in_tmp):
-    "Under DDP on 2 CPU processes: only rank 0 writes/prints; TransformScheduler and StopAfter run the same on both ranks"
+    "Under DDP on 2 CPU processes: only rank 0 writes/prints (ShowGraph, TransformScheduler's plot); TransformScheduler and StopAfter run the same on both ranks"
     res = run_distributed('''
         import torch.distributed as dist
         from fastai.callback.schedule import SchedLin
@@ -178,7 +178,7 @@ def test_ddp_rank0_only(in_tmp):
             def __init__(self): self.magnitude, self.log = 1., []
             def __call__(self, b): self.log.append(self.magnitude); return b
         spy = Spy()
-        learn = synth_learner(after_batch=spy, cbs=[ShowGraph(), TransformScheduler(SchedLin(1., 2.)), StopAfter(max_batches=6)])
+        learn = synth_learner(after_batch=spy, cbs=[ShowGraph(), TransformScheduler(SchedLin(1., 2.), show_plot=True), StopAfter(max_batches=6)])
         with learn.distrib_ctx(cpu=True), learn.no_bar(), learn.no_logging(): learn.fit(3)
         r = dist.get_rank()
         open(f'rank{r}.txt', 'w').write(' '.join(f'{v:.4f}' for v in spy.log) + f' | {spy.magnitude}')
@@ -188,3 +188,4 @@ def test_ddp_rank0_only(in_tmp):
     want = ' '.join(f'{v:.4f}' for v in [1 + g / 11 for g in range(4)] + [1.] + [1 + g / 11 for g in (4, 5)]) + ' | 1.0'
     assert [(in_tmp/f'rank{r}.txt').read_text() for r in (0, 1)] == [want, want]
     assert (in_tmp/'show_graph.png').exists() and res.stdout.count('ShowGraph:') == 1
+    assert (in_tmp/'transform_schedule.png').exists() and res.stdout.count('TransformScheduler:') == 1

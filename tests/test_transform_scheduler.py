@@ -194,3 +194,56 @@ def test_no_worker_warning_without_workers(in_tmp):
         warnings.simplefilter('always')
         _fit(learn, 1)
     assert not [o for o in w if 'TransformScheduler' in str(o.message)]
+
+def test_show_plot_in_scripts_writes_the_applied_schedule(in_tmp, capsys, monkeypatch):
+    import tsai_cbs.transform_scheduler as ts_mod
+    drawn, show = [], ts_mod.show_figure
+    def spy_show(fig, live=None, path=None):
+        drawn.append((fig.axes[0].lines[0].get_ydata().copy(), live, path))
+        return show(fig, live=live, path=path)
+    monkeypatch.setattr(ts_mod, 'show_figure', spy_show)
+    n0 = len(plt.get_fignums())
+    f = SchedCos(1., .2)
+    learn = synth_learner(after_batch=BatchSpy(1.), cbs=[TransformScheduler(f, show_plot=True), StopAfter(max_batches=11)], path=in_tmp/'run')
+    img = in_tmp/'run'/'transform_schedule.png'
+    _fit(learn, 2)  # stopped after 11 of 16 batches: the plot shows the 11 values applied
+    assert img.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    np.testing.assert_allclose(drawn[-1][0], _expected(1., f, range(11), 16))
+    assert drawn[-1][1:] == (False, img)
+    first = img.read_bytes()
+    _fit(learn, 3)  # rewritten with the new fit's schedule
+    np.testing.assert_allclose(drawn[-1][0], _expected(1., f, range(11), 24))
+    assert img.read_bytes() != first
+    out = capsys.readouterr().out
+    assert out.count('TransformScheduler:') == 1 and str(img) in out  # said once
+    assert len(plt.get_fignums()) == n0
+    # a custom name (relative to learn.path) and an absolute one
+    learn = synth_learner(after_batch=BatchSpy(1.), cbs=TransformScheduler(f, show_plot=True, fname='p/s.png'), path=in_tmp/'run2', n_valid=0)
+    _fit(learn, 1)
+    assert (in_tmp/'run2'/'p'/'s.png').exists()
+    learn = synth_learner(after_batch=BatchSpy(1.), cbs=TransformScheduler(f, show_plot=True, fname=in_tmp/'abs.png'), n_valid=0)
+    _fit(learn, 1)
+    assert (in_tmp/'abs.png').exists() and not (in_tmp/'transform_schedule.png').exists()
+    # show_plot=False draws nothing
+    learn = synth_learner(after_batch=BatchSpy(1.), cbs=TransformScheduler(f), path=in_tmp/'run3', n_valid=0)
+    _fit(learn, 1)
+    assert not (in_tmp/'run3').exists()
+
+def test_show_plot_in_notebook_displays(in_tmp, monkeypatch):
+    import IPython.display
+    import tsai_cbs.transform_scheduler as ts_mod
+    shown = []
+    monkeypatch.setattr(IPython.display, 'display', lambda fig: shown.append(fig.axes[0].lines[0].get_ydata().copy()))
+    monkeypatch.setattr(ts_mod, 'live_display', lambda: True)
+    f = SchedLin(2., 1.)
+    learn = synth_learner(after_batch=BatchSpy(1.), cbs=TransformScheduler(f, show_plot=True), n_valid=0)
+    _fit(learn, 1)
+    assert len(shown) == 1 and not list(in_tmp.iterdir())  # inline only: no file
+    np.testing.assert_allclose(shown[0], _expected(1., f, range(8), 8))
+    learn = synth_learner(after_batch=BatchSpy(1.), cbs=TransformScheduler(f, show_plot=True, fname='also.png'), n_valid=0)
+    _fit(learn, 1)
+    assert len(shown) == 2 and (in_tmp/'also.png').exists()
+
+def test_bad_fname():
+    for fname, err in [(3, TypeError), ('', ValueError), (' ', ValueError)]:
+        with pytest.raises(err, match='fname'): TransformScheduler(SchedLin(1., 2.), show_plot=True, fname=fname)
