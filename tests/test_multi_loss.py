@@ -224,3 +224,25 @@ def test_cancelled_batches_add_nothing(in_tmp):
             tot += profile_nll(pa, y1).item() * len(x); n += len(x)
     assert r['valid_a_profile_loss'] == pytest.approx(tot / n, rel=1e-5)
     assert learn.loss_func.last is None
+
+
+def test_progress_table_csv_and_plot_loss(in_tmp, capsys):
+    "The epoch-mean train_loss and the term columns reach fastai's progress table and CSVLogger; plot_loss still draws the smoothed batch losses"
+    import pandas as pd
+    from fastai.callback.progress import CSVLogger
+    bl = BatchLosses()
+    learn = two_head_learner([MultiLossCallback(), CSVLogger(fname='hist.csv'), bl])
+    learn.path = in_tmp
+    learn.fit(2)  # with fastai's progress bar and table
+    names = learn.recorder.metric_names
+    df = pd.read_csv(in_tmp/'hist.csv')
+    assert list(df.columns) == list(names)
+    for r, (_, row) in zip(rows(learn), df.iterrows()):
+        for n, v in r.items(): assert row[n] == pytest.approx(v, rel=1e-6)
+    out = capsys.readouterr().out
+    assert 'valid_b_counts_wloss' in out and f"{rows(learn)[-1]['train_loss']:.6f}" in out
+    assert learn.final_record[0] == rows(learn)[-1]['train_loss']
+    ax = learn.recorder.plot_loss(skip_start=0)
+    (tx, ty), (vx, vy) = [(l.get_xdata(), l.get_ydata()) for l in ax.lines]
+    assert list(ty) == pytest.approx([float(l) for l in learn.recorder.losses]) and len(ty) == sum(len(e) for e in bl.epochs)
+    assert list(vy) == pytest.approx([r['valid_loss'] for r in rows(learn)])
