@@ -105,6 +105,24 @@ def test_topk_ranking_and_files(in_tmp):
     assert files('all') == ['m_0.pth', 'm_2.pth', 'm_5.pth'] and learn.save_model.best_epoch == 5
 
 
+def test_template_repeating_a_name_never_overwrites_a_better_file(in_tmp):
+    class Keep(Callback):
+        order = 99
+        def before_fit(self): self.ws = []
+        def after_epoch(self): self.ws.append({k: v.clone() for k, v in self.model.state_dict().items()})
+    # no {epoch}: epochs 1 and 2 both format to 'm_1', epochs 0 and 3 to 'm_2'
+    learn = synth_learner(metrics=Scripted([2.4, 0.9, 1.1, 2.2, 3.0]),
+                          cbs=[SaveModel(monitor='score', mode='min', fname='m_{score:.0f}', save_top_k=2), Keep()])
+    quiet_fit(learn, 5)
+    cb, ws = learn.save_model, learn.keep.ws
+    assert [(c['epoch'], c['value'], c['name']) for c in cb.checkpoints] == [(1, .9, 'm_1'), (3, 2.2, 'm_2')]
+    assert files('.') == ['m_1.pth', 'm_2.pth'] and (cb.best, cb.best_epoch, cb.best_name) == (.9, 1, 'm_1')
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)
+    assert same(load_checkpoint('models/m_1.pth'), ws[1])  # the best, not epoch 2's worse 1.1
+    assert same(load_checkpoint('models/m_2.pth'), ws[3])  # 2.2 replaced the worse 2.4 of the same name
+    assert same(learn.model.state_dict(), ws[1])  # and the best is what is loaded at the end
+
+
 def test_nan_inf_never_improve_and_nothing_saved_warns(in_tmp):
     learn = synth_learner(metrics=Scripted([float('nan'), float('inf'), 2., -float('inf'), 1., float('nan')]),
                           cbs=SaveModel(monitor='score', mode='min', fname='m_{epoch}', save_top_k=-1))
@@ -159,6 +177,14 @@ def test_fastai_compat_every_epoch_at_end_and_validate(in_tmp):
     assert (learn.save_model.best, learn.save_model.best_epoch) == (1., 0)
     assert all(torch.equal(first[k], v) for k, v in learn.model.state_dict().items())
     assert not all(torch.equal(first[k], v) for k, v in learn.grab.w.items())
+
+
+def test_save_last_cannot_name_the_best_or_iter_file(in_tmp):
+    with pytest.raises(ValueError, match="`save_last`='x' names the file that `fname` writes"): SaveModel(fname='x', save_last='x')
+    with pytest.raises(ValueError, match='`every_n_batches` writes'): SaveModel(every_n_batches=2, save_last='model_iter')
+    learn = synth_learner(cbs=SaveModel(fname='x', save_last='x', save_as='learner'))  # x.pkl and x.pth: two files
+    quiet_fit(learn, 1)
+    assert files('.') == ['x.pkl', 'x.pth'] and 'tsai_cbs' in load_checkpoint('models/x.pth')
 
 
 def test_with_opt_loads_on_current_torch(in_tmp):

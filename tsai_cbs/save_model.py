@@ -244,6 +244,9 @@ class SaveModel(TrackerCallback):
         stem = _stem(fname)
         self.last_name = (save_last if isinstance(save_last, str) else f'{stem}_last') if (save_last or resume is not False) else None
         self.iter_name = f'{stem}_iter' if every_n_batches else None
+        taken = {n: k for k, n in (('fname', None if fields or save_as == 'learner' else fname), ('every_n_batches', self.iter_name)) if n}
+        if self.last_name in taken:  # one file would be overwritten by the other (and the best load a `last` file)
+            raise ValueError(f"`save_last`={save_last!r} names the file that `{taken[self.last_name]}` writes ({self.last_name}.pth); give another name")
         store_attr('fname,every_epoch,at_end,with_opt,verbose,mode,save_top_k,save_last,every_n_batches,initial_value_threshold,'
                    'start_from_epoch,save_as,resume,background')
         self._fields, self.best_epoch, self.best_name, self.checkpoints, self.last_saved_path = fields, None, None, [], None
@@ -341,8 +344,11 @@ class SaveModel(TrackerCallback):
 
     def _save_ranked(self, val, row):
         name = self._format(row)
-        self._save_model(name)
         entry = dict(value=val, epoch=self.epoch, name=name, stale=False)
+        same = next((c for c in self.checkpoints if c['name'] == name), None)  # a template without {epoch} can repeat a name
+        if not self.new_best and (name == self.best_name or (same is not None and not self._ranks_above(entry, same))):
+            return  # that file holds a better checkpoint (or the best): it is not overwritten
+        self._save_model(name)
         cks = [c for c in self.checkpoints if c['name'] != name]  # same name: that file was just overwritten
         i = next((i for i, c in enumerate(cks) if self._ranks_above(entry, c)), len(cks))
         cks.insert(i, entry)
