@@ -90,6 +90,21 @@ def test_resume_after_mid_epoch_crash_and_explicit_file(in_tmp):
         quiet_fit(synth_learner(path='b', cbs=SaveModel(resume='model')), 1)
 
 
+def test_resume_from_a_finished_run_warns(in_tmp):
+    # a notebook cell with resume=True run a second time: nothing is left to train, which must not pass silently
+    learn = synth_learner()
+    quiet_fit(learn, 3, cbs=SaveModel(resume=True))
+    values = [list(v) for v in learn.recorder.values]
+    with pytest.warns(UserWarning, match='holds a finished run .epochs 0-2., so this fit has nothing left to train'):
+        quiet_fit(learn, 3, cbs=SaveModel(resume=True))
+    assert [list(v) for v in learn.recorder.values] == values
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)  # a run crashed before its end resumes without that warning
+        b = synth_learner(path='b')
+        with pytest.raises(RuntimeError, match='simulated crash'): quiet_fit(b, 3, cbs=[SaveModel(resume=True), Crash(1)])
+        quiet_fit(synth_learner(path='b'), 3, cbs=SaveModel(resume=True))
+
+
 def test_topk_ranking_and_files(in_tmp):
     vals = [5., 3., 4., 1., 2., 6.]
     learn = synth_learner(metrics=Scripted(vals), cbs=SaveModel(monitor='score', mode='min', fname='m_{epoch}_{score:.0f}', save_top_k=3))

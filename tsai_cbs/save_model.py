@@ -455,6 +455,9 @@ class SaveModel(TrackerCallback):
         self._skip_to, self._resumed = meta['epoch'] + 1, meta
         if meta['n_epoch'] != self.n_epoch:
             warnings.warn(f"SaveModel: resuming a run of {meta['n_epoch']} epochs with n_epoch={self.n_epoch}; schedules will not match the original run")
+        if self._skip_to >= self.n_epoch:  # e.g. a notebook cell run again: say so rather than silently train nothing
+            warnings.warn(f"SaveModel: {f} holds a finished run (epochs 0-{meta['epoch']}), so this fit has nothing left to train; "
+                          "delete that file or use another `fname` to train again")
         if self.verbose and is_rank0():
             print(f"Resuming from {f}: epochs 0-{meta['epoch']} done, best {self.monitor} {self.best} at epoch {self.best_epoch}.")
 
