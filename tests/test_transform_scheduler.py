@@ -144,12 +144,15 @@ def test_bad_schedule_fails_before_training(in_tmp, f, msg):
     with pytest.raises(ValueError, match=msg.replace('(', r'\(').replace(')', r'\)')): _fit(learn, 1)
     assert spy.log == [] and spy.magnitude == .5
 
-def test_bad_value_mid_fit_stops_and_restores(in_tmp):
+def test_bad_value_anywhere_fails_before_training(in_tmp):
     spy = BatchSpy(.5)
     learn = synth_learner(after_batch=spy, cbs=TransformScheduler(lambda p: math.nan if .3 < p < .4 else 1 + p), n_valid=0)
-    # not caught by the probe at 0, .25, .5, .75, 1; batch 5 of 16 (pct 1/3) gets NaN
+    # not caught by the probe at 0, .25, .5, .75, 1; batch 5 of 16 (pct 1/3) would get NaN: refused before the first batch
     with pytest.raises(ValueError, match=r'schedule_func\(0.333'): _fit(learn, 2)
-    assert len(spy.log) == 5 and spy.magnitude == .5
+    assert spy.log == [] and spy.magnitude == .5
+    # only the values a resumed fit uses are checked: batches 8-15 of 16 are all fine
+    _fit(learn, 2, start_epoch=1)
+    np.testing.assert_allclose(spy.log, [.5 * (1 + g / 15) for g in range(8, 16)])
 
 def test_tensor_and_numpy_schedules(in_tmp):
     spy = BatchSpy(1.)
