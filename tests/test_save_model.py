@@ -202,6 +202,25 @@ def test_save_last_cannot_name_the_best_or_iter_file(in_tmp):
     assert files('.') == ['x.pkl', 'x.pth'] and 'tsai_cbs' in load_checkpoint('models/x.pth')
 
 
+def test_lr_find_saves_nothing_and_fit_cbs_usage(in_tmp):
+    # attached to the Learner: lr_find (and get_preds) neither save nor load, the later fit does
+    learn = synth_learner(cbs=SaveModel(with_opt=True, save_last=True, every_n_batches=2))
+    w = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with learn.no_bar(), learn.no_logging():
+        learn.lr_find(num_it=12, show_plot=False)
+        learn.get_preds()
+    assert not (in_tmp/'models').exists() or files('.') == []
+    assert all(torch.equal(w[k], v) for k, v in learn.model.state_dict().items())
+    quiet_fit(learn, 2, one_cycle=True)
+    assert files('.') == ['model.pth', 'model_iter.pth', 'model_last.pth']
+    # fastai style: passed to one fit only, then removed from the Learner
+    learn = synth_learner(path='f')
+    cb = SaveModel(fname='b_{epoch}', save_top_k=2)
+    quiet_fit(learn, 3, one_cycle=True, cbs=cb)
+    assert not hasattr(learn, 'save_model') and cb.best_epoch is not None and len(cb.checkpoints) == 2
+    assert files('f') == sorted(c['name'] + '.pth' for c in cb.checkpoints)
+
+
 def test_with_opt_loads_on_current_torch(in_tmp):
     learn = synth_learner(cbs=SaveModel(with_opt=True))
     quiet_fit(learn, 2)
