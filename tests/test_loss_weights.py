@@ -169,6 +169,18 @@ def test_one_batch_mid_epoch_does_not_change_the_order():
     assert probe.n_checked == 2 * N_TR // BS
     assert sorted(torch.cat(probe.ids).tolist()) == sorted(list(range(N_TR)) * 2)
 
+def test_dataloader_picklable_during_epoch():
+    "Worker processes started by 'spawn' or 'forkserver' get a pickled copy of the DataLoader: it pickles mid-epoch, as a plain one"
+    import pickle
+    X, y = _data()
+    class PickleDL(Callback):
+        def after_batch(self):
+            if self.training and self.iter == 1: self.copy = pickle.loads(pickle.dumps(self.dl))
+    learn = _learner(_tensor_dls(X, y, shuffle=True), cbs=[WeightedPerSampleLoss(torch.rand(N_TR) + .1), PickleDL()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    dl = learn.pickle_dl.copy
+    assert sorted(dl.get_idxs()) == list(range(N_TR)) and len(list(dl)) == N_TR // BS
+
 # -- losses -----------------------------------------------------------------------------------------------------------
 
 def _mse_fn(pred, targ, reduction='mean'): return F.mse_loss(pred, targ, reduction=reduction)

@@ -162,6 +162,20 @@ def _train_positions(w, dls):
     raise ValueError(f"`instance_weights` has {len(w)} weights; expected {n_tr} (training set)"
                      + (f" or {n_tr + n_va} (training + validation set)" if n_va else ""))
 
+# %% ../nbs/03_loss_weights.ipynb #3b4d3872
+class _OrderRecorder:
+    "Stands in for a `DataLoader`'s `get_idxs` during a training epoch: hands each order it gives to `record`"
+    def __init__(self, orig, record): self.orig, self.record = orig, record
+    def __call__(self):
+        idxs = self.orig()
+        self.record(idxs)
+        return idxs
+    # worker processes started by 'spawn' or 'forkserver' get a pickled copy of the DataLoader: give them the original
+    # (they never call it), not the callback and the Learner behind `record`
+    def __reduce__(self): return _same, (self.orig,)
+
+def _same(o): return o
+
 # %% ../nbs/03_loss_weights.ipynb #83fde37e
 class WeightedPerSampleLoss(_PerSampleWeighting):
     "Weight each training sample's loss by the weight of its dataset item; validation loss unweighted"
@@ -181,19 +195,18 @@ class WeightedPerSampleLoss(_PerSampleWeighting):
         self._unpatch()
         dl, self._epoch_w, self._locked = self.learn.dl, None, False
         self._bs, orig, had = _base_dl(dl).bs, dl.get_idxs, 'get_idxs' in dl.__dict__
-        def get_idxs():
-            idxs = orig()
-            if self._locked: return idxs  # e.g. `dl.one_batch()` mid-epoch: not the order being trained on
-            i = torch.as_tensor(np.asarray(idxs), dtype=torch.long)
-            if len(i) and (i.min() < 0 or i.max() >= len(self.weights)):
-                raise IndexError(f"the DataLoader's indices reach {int(i.max())}, beyond its {len(self.weights)} training items")
-            self._epoch_w = _to_device(self.weights[i], self._device)
-            return idxs
-        dl.get_idxs = get_idxs
+        dl.get_idxs = _OrderRecorder(orig, self._record)
         def undo():
             if had: dl.get_idxs = orig
             else: dl.__dict__.pop('get_idxs', None)
         self._undo = undo
+
+    def _record(self, idxs):
+        if self._locked: return  # e.g. `dl.one_batch()` mid-epoch: not the order being trained on
+        i = torch.as_tensor(np.asarray(idxs), dtype=torch.long)
+        if len(i) and (i.min() < 0 or i.max() >= len(self.weights)):
+            raise IndexError(f"the DataLoader's indices reach {int(i.max())}, beyond its {len(self.weights)} training items")
+        self._epoch_w = _to_device(self.weights[i], self._device)
 
     def before_batch(self):
         if self.learn.training: self._locked = True
