@@ -246,3 +246,27 @@ def test_progress_table_csv_and_plot_loss(in_tmp, capsys):
     (tx, ty), (vx, vy) = [(l.get_xdata(), l.get_ydata()) for l in ax.lines]
     assert list(ty) == pytest.approx([float(l) for l in learn.recorder.losses]) and len(ty) == sum(len(e) for e in bl.epochs)
     assert list(vy) == pytest.approx([r['valid_loss'] for r in rows(learn)])
+
+
+def test_ddp_means_over_all_ranks(in_tmp):
+    "Under DDP the term columns are means over every rank's samples: valid_loss (fastai's, gathered) is their weighted sum and train_loss is the same on every rank"
+    from tsai_cbs.testing import run_distributed
+    res = run_distributed('''
+        import json, torch.distributed as dist
+        from tsai_cbs.testing import synth_learner, patch_distributed_dl_for_cpu
+        from tsai_cbs.multi_loss import MultiLoss, MultiLossCallback
+        patch_distributed_dl_for_cpu()
+        terms = {'r': {'mse': lambda p, y: ((p - y)**2).mean(), 'l1': lambda p, y: (p - y).abs().mean()}}
+        learn = synth_learner('regression', loss_func=MultiLoss(terms, weights={'r': {'l1': 3.}}), cbs=MultiLossCallback(), n_train=128, n_valid=64)
+        with learn.distrib_ctx(cpu=True), learn.no_bar(), learn.no_logging(): learn.fit(2)
+        names = learn.recorder.metric_names[1:-1]
+        open(f'rank{dist.get_rank()}.json', 'w').write(json.dumps([dict(zip(names, map(float, v))) for v in learn.recorder.values]))
+    ''', nproc=2, cwd=in_tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import json
+    r0, r1 = [json.loads((in_tmp/f'rank{r}.json').read_text()) for r in (0, 1)]
+    assert len(r0) == 2 and r0 == r1
+    for row in r0:
+        for s in ('train', 'valid'):
+            assert row[f'{s}_loss'] == pytest.approx(row[f'{s}_r_mse_wloss'] + row[f'{s}_r_l1_wloss'], rel=1e-5)
+            assert row[f'{s}_r_l1_wloss'] == pytest.approx(3 * row[f'{s}_r_l1_loss'], rel=1e-6)
