@@ -194,9 +194,11 @@ def test_fastai_compat_every_epoch_at_end_and_validate(in_tmp):
     assert not all(torch.equal(first[k], v) for k, v in learn.grab.w.items())
 
 
-def test_save_last_cannot_name_the_best_or_iter_file(in_tmp):
+def test_save_last_cannot_name_the_best_or_iter_file_and_conflicting_options(in_tmp):
     with pytest.raises(ValueError, match="`save_last`='x' names the file that `fname` writes"): SaveModel(fname='x', save_last='x')
     with pytest.raises(ValueError, match='`every_n_batches` writes'): SaveModel(every_n_batches=2, save_last='model_iter')
+    with pytest.raises(ValueError, match='`save_top_k`=-1 has no effect with `every_epoch`'):  # it would be ignored silently
+        SaveModel(fname='m_{epoch}', every_epoch=1, save_top_k=-1)
     learn = synth_learner(cbs=SaveModel(fname='x', save_last='x', save_as='learner'))  # x.pkl and x.pth: two files
     quiet_fit(learn, 1)
     assert files('.') == ['x.pkl', 'x.pth'] and 'tsai_cbs' in load_checkpoint('models/x.pth')

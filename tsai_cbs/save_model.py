@@ -229,6 +229,8 @@ class SaveModel(TrackerCallback):
             check_type(n, v, bool)
         check_number('save_top_k', save_top_k, -1, integer=True)
         if save_top_k == 0: raise ValueError("`save_top_k` must be -1 (keep all) or >= 1, got 0")
+        if save_top_k != 1 and every_epoch:
+            raise ValueError(f"`save_top_k`={save_top_k} has no effect with `every_epoch`, which saves every N epochs instead of the best")
         if save_top_k != 1 and not fields:
             raise ValueError(f"`save_top_k`={save_top_k} needs a template `fname` so the checkpoints get different names, e.g. '{fname}_{{epoch}}'")
         check_type('save_last', save_last, (bool, str))
