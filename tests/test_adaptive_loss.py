@@ -299,3 +299,9 @@ def test_zero_lambda_error_before_training(in_tmp):
     learn.loss_func.set_weight('seq', 'counts', 0.)
     with pytest.raises(ValueError, match="counts weight λ of head 'seq'"): fit(learn, 1)
     assert len(acw.lambda_history) == 1
+
+
+@pytest.mark.parametrize('kw,match', [(dict(t=1.), '`t`'), (dict(t=0.), '`t`'), (dict(aggression=1.5), 'aggression'), (dict(lam0=float('nan')), 'lam0')])
+def test_adaptive_lambda_errors(kw, match):
+    args = dict(lam0=1., p=1., c=1., t=0.3, aggression=0.3, epoch=2) | kw
+    with pytest.raises(ValueError, match=match): adaptive_lambda(**args)
