@@ -291,6 +291,7 @@ def test_tmp_cleanup_spares_a_write_in_progress_in_another_process(in_tmp):
     assert clean_tmp_files(in_tmp/'models') == 0 and mine.exists()
     os.utime(mine, (time.time() - 7200,) * 2)
     assert clean_tmp_files(in_tmp/'models') == 1 and not mine.exists()
+    with pytest.raises(TypeError, match='`max_age`'): clean_tmp_files(in_tmp/'models', max_age='1h')
 
 
 # ---- SIGKILL at random moments: every checkpoint on disk is always complete

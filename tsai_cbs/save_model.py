@@ -82,6 +82,7 @@ def clean_tmp_files(folder, # folder of checkpoints
     "Delete the temp files that `atomic_write` left in `folder` when a process was killed mid-write; returns their number"
     # Another process may be writing to the same folder right now: only the files of a writer that is gone (a dead pid on
     # this host) or untouched for `max_age` seconds (other hosts, reused pids, older names) are removed.
+    check_number('max_age', max_age)
     folder = Path(folder)
     if not folder.is_dir(): return 0
     n = 0
