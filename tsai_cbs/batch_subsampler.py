@@ -39,7 +39,7 @@ def _check_batch(xb, yb, sample, step, update_y):
 # %% ../nbs/04_batch_subsampler.ipynb #05f929a6
 class BatchSubsampler(Callback):
     "Train on a random subset, drawn with replacement, of each training batch's samples and/or sequence steps"
-    order = 5  # after fastai's own batch preparation (order <= 0), before the per-sample loss weights (15)
+    order, run_valid = 5, False  # after fastai's own batch preparation (order <= 0), before the per-sample loss weights (15)
     def __init__(self, sample_pct:float|tuple=None, # fraction of samples to draw per batch, or a (min, max) range
                  step_pct:float|tuple=None, # fraction of sequence steps to draw per batch, or a (min, max) range
                  same_seq_len:bool=True, # tile the drawn steps back to the full length
@@ -75,10 +75,9 @@ class BatchSubsampler(Callback):
         if not isinstance(pct, (tuple, list)): return pct
         return pct[0] + (pct[1] - pct[0]) * self._rng.random()  # a Python number: the batch size is known on the host
 
+    def after_train(self): self.learn.kept_rows = None  # validation batches are never subsampled
+
     def before_batch(self):
-        if not self.learn.training:
-            self.learn.kept_rows = None
-            return
         xb, yb, rows = self.learn.xb, self.learn.yb, None
         S = _check_batch(xb, yb, self.sample_pct is not None, self.step_pct is not None, self.update_y)
         dev = xb[0].device
