@@ -99,3 +99,17 @@ def test_ddp_rank0_log_and_one_lambda(in_tmp):
     r0, r1 = [(in_tmp/f'rank{r}.txt').read_text().split() for r in (0, 1)]
     assert r0[0] == '3' and r1[0] == '0'
     assert r0[1:] == r1[1:] and len(r0) == 5
+
+
+def test_batch_lines_read_no_loss_off_rank0(in_tmp, monkeypatch):
+    "Off rank 0 a batch line is neither written nor prepared: the loss (a device sync on GPU) is not read"
+    import torch
+    reads = {'n': 0}
+    orig = torch.Tensor.__float__
+    def counted(self): reads['n'] += 1; return orig(self)
+    learn = synth_learner(cbs=EpochLog(every_n_batches=1), n_train=128, n_valid=32)
+    monkeypatch.setattr(el, 'is_rank0', lambda: False)
+    monkeypatch.setattr(torch.Tensor, '__float__', counted)
+    fit(learn, 1)
+    monkeypatch.undo()
+    assert reads['n'] == 0 and learn.cbs.filter(lambda c: isinstance(c, EpochLog))[0].lines == 0
