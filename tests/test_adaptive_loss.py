@@ -237,7 +237,8 @@ def test_bundle(in_tmp, capsys):
     fa = adaptive_callbacks({'seq': 0.3}, checkpoint='fastai', log_to=False)
     assert [type(c).__name__ for c in fa] == ['AdaptiveCountsWeight', 'SaveModelCallback', 'ReduceLROnPlateau', 'EarlyStoppingCallback']
     for kw, m in [(dict(early_stop=0), 'early_stop'), (dict(plateau=1.5), 'plateau'), (dict(lr_factor=1), 'lr_factor'),
-                  (dict(checkpoint='keras'), 'checkpoint'), (dict(output_prefix=3), 'output_prefix')]:
+                  (dict(checkpoint='keras'), 'checkpoint'), (dict(output_prefix=3), 'output_prefix'),
+                  (dict(output_prefix=' '), 'output_prefix'), (dict(output_prefix='', checkpoint='fastai'), 'output_prefix')]:
         with pytest.raises((ValueError, TypeError), match=m): adaptive_callbacks({'seq': 0.3}, **kw)
 
 
