@@ -1,5 +1,5 @@
 "Tests of `tsai_cbs.lds`: exact binning, weights against a plain float64 reference, inputs, errors, plots, properties."
-import math
+import io, math, threading
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,6 +48,10 @@ def test_bins_match_searchsorted_on_edges(dtype, n_bins, label_range):
     idx = b.bin_index(probes).numpy()
     direct = np.clip(np.searchsorted(e[1:-1], probes, side='right'), 0, b.n_bins - 1)
     np.testing.assert_array_equal(idx, direct)
+    # the documented rule computed per sample by numpy in the compute dtype: clamp(floor((y - lo) * scale), 0, n_bins - 1)
+    with np.errstate(over='ignore'):
+        rule = np.clip(np.floor((probes - dtype(b.lo)) * dtype(b.scale)), 0, b.n_bins - 1).astype(np.int64)
+    np.testing.assert_array_equal(idx, rule)
     # a label exactly on an interior edge is in the bin on its right, the one just below in the bin on its left
     k = np.arange(1, b.n_bins)
     np.testing.assert_array_equal(b.bin_index(e[1:-1]).numpy(), k)
@@ -142,8 +146,12 @@ def test_prepare_equals_bins_call_bit_for_bit():
     assert b.counts.sum().item() == len(big)
     # the huge-page result is an ordinary tensor
     import pickle
-    assert w.is_contiguous() and torch.equal(pickle.loads(pickle.dumps(w)), w) and torch.equal(torch.from_numpy(w.numpy()), w)
-    w2 = w * 2; del w; assert torch.equal(w2 / 2, b(big))
+    assert w.is_contiguous() and torch.equal(pickle.loads(pickle.dumps(w)), w)
+    buf = io.BytesIO(); torch.save(w, buf); buf.seek(0); assert torch.equal(torch.load(buf), w)
+    w.mul_(2).div_(2); assert torch.equal(w, b(big))  # in place (exact: powers of two)
+    w.resize_(len(big) + 1000); assert w.shape == (len(big) + 1000,) and torch.equal(w[:len(big)], b(big))  # its storage grows
+    assert torch.equal(torch.from_numpy(w.numpy()), w)  # (after resize_: torch pins a storage shared with numpy)
+    w2 = w * 2; del w; assert torch.equal(w2[:len(big)] / 2, b(big))
     big64 = skewed(2_200_000, seed=6, dtype=np.float64)  # float64 labels, several chunks: no in-place path
     assert torch.equal(prepare_LDS_weights(big64, show_plot=False), lds_bins(big64)(big64))
 
@@ -360,4 +368,29 @@ def test_cpu_passes_restore_the_thread_setting():
         assert torch.get_num_threads() == 2
         with pytest.raises(ValueError): prepare_LDS_weights(torch.full((100_000,), math.nan), show_plot=False)
         assert torch.get_num_threads() == 2  # also after an error
+    finally: torch.set_num_threads(n0)
+
+
+def test_cpu_passes_leave_other_threads_alone():
+    "OpenMP's thread count is per thread: two threads binning at once, each gets its own setting back"
+    from tsai_cbs.lds import _cpu_one_thread
+    y = torch.zeros(100_000)
+    entered, inner, left, res = threading.Event(), threading.Event(), threading.Event(), {}
+    def first():  # enters first, leaves while `second` is still inside
+        torch.set_num_threads(2)
+        with _cpu_one_thread(y): entered.set(); inner.wait(30)
+        res['first'] = torch.get_num_threads(); left.set()
+        prepare_LDS_weights(torch.from_numpy(skewed(100_000)), show_plot=False)
+        res['first_public'] = torch.get_num_threads()
+    def second():
+        torch.set_num_threads(2); entered.wait(30)
+        with _cpu_one_thread(y): inner.set(); left.wait(30)
+        res['second'] = torch.get_num_threads()
+    n0 = torch.get_num_threads()
+    try:
+        ts = [threading.Thread(target=f) for f in (first, second)]
+        for t in ts: t.start()
+        for t in ts: t.join(60)
+        assert res == dict(first=2, second=2, first_public=2)
+        assert torch.get_num_threads() == n0
     finally: torch.set_num_threads(n0)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_lds.ipynb #4a65fbb1
 from __future__ import annotations
-import contextlib, math, mmap, threading, warnings
+import contextlib, ctypes, math, mmap, warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -66,38 +66,40 @@ def _int_view_dtype(dtype): return torch.int64 if dtype == torch.float64 else to
 
 def _chunk_size(y): return len(y) if y.device.type != 'cpu' else 1 << 20  # CPU: 4 MB of float32 scratch stays in cache
 
-_threads_lock, _threads_depth, _threads_saved = threading.Lock(), 0, None
 # the native (non-OpenMP) backend cannot change its thread count once work has started
 _OPENMP = 'parallel backend: OpenMP' in torch.__config__.parallel_info()
 
 @contextlib.contextmanager
 def _cpu_one_thread(y):
-    "Run torch's CPU ops on one thread while binning large CPU label tensors; the thread count is restored afterwards"
+    "Run this thread's torch CPU ops on one thread while binning large CPU label tensors; its thread count is restored afterwards"
     # the passes are bound by memory bandwidth, so more threads gain little, while on a busy machine OpenMP threads
-    # waiting for each other at every op made them up to 25x slower (measured on this project's 2-core machine)
-    global _threads_depth, _threads_saved
-    if not _OPENMP or y.device.type != 'cpu' or len(y) <= 32768 or torch.get_num_threads() == 1:  # small ops run inline anyway
-        yield; return
-    with _threads_lock:
-        if _threads_depth == 0: _threads_saved = torch.get_num_threads(); torch.set_num_threads(1)
-        _threads_depth += 1
+    # waiting for each other at every op made them up to 25x slower (measured on this project's 2-core machine).
+    # OpenMP keeps the count per thread, so each caller saves and restores its own: other threads keep theirs
+    if not _OPENMP or y.device.type != 'cpu' or len(y) <= 32768: yield; return  # small ops run inline anyway
+    n = torch.get_num_threads()
+    if n == 1: yield; return
+    torch.set_num_threads(1)
     try: yield
-    finally:
-        with _threads_lock:
-            _threads_depth -= 1
-            if _threads_depth == 0: torch.set_num_threads(_threads_saved)
+    finally: torch.set_num_threads(n)
+
+def _libc_madvise():
+    try:
+        f = ctypes.CDLL(None, use_errno=True).madvise
+        f.argtypes, f.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+        return f
+    except (OSError, AttributeError): return None
+
+_madvise, _MADV_HUGEPAGE, _HUGE = _libc_madvise(), getattr(mmap, 'MADV_HUGEPAGE', None), 2 << 20
 
 def _empty_f32(n, device):
-    "Uninitialized float32 tensor of `n` elements; large CPU ones on transparent huge pages where Linux offers them"
-    # a fresh 4 KiB page costs a page fault on first write, which for a 40 MB result takes longer than computing it
-    if device.type != 'cpu' or n < (4 << 20) or not hasattr(mmap, 'MADV_HUGEPAGE'): return torch.empty(n, device=device)
-    try:
-        mm = mmap.mmap(-1, 4 * n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        mm.madvise(mmap.MADV_HUGEPAGE)
-    except (OSError, ValueError, AttributeError): return torch.empty(n, device=device)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)
-        return torch.frombuffer(mm, dtype=torch.float32)  # the tensor keeps `mm` alive; freeing it unmaps
+    "Uninitialized float32 tensor of `n` elements; large CPU ones advised onto transparent huge pages where Linux offers them"
+    # a fresh 4 KiB page costs a page fault on first write, which for a 40 MB result takes longer than computing it.
+    # The tensor stays an ordinary torch allocation (resizable, freed by torch): only its untouched pages are advised
+    t = torch.empty(n, device=device)
+    if device.type == 'cpu' and n >= (4 << 20) and _madvise is not None and _MADV_HUGEPAGE is not None:
+        a = t.data_ptr(); lo, hi = -(-a // _HUGE) * _HUGE, (a + 4 * n) // _HUGE * _HUGE  # whole huge pages inside
+        if hi > lo: _madvise(lo, hi - lo, _MADV_HUGEPAGE)  # failing only costs speed
+    return t
 
 # %% ../nbs/02_lds.ipynb #dc712710
 def _check_range(label_range):
