@@ -9,11 +9,16 @@ guard callbacks, the first and the last in callback order). Inside that window r
 the model's forward, the (weighted) loss and every `after_loss`; so the hooks of the callbacks under test, and nothing
 of fastai's that syncs on purpose (the `Recorder` reads the loss in `after_batch`, outside the window). Any synchronizing
 CUDA call in the window raises a `RuntimeError`. A control run first checks that the guard does catch a sync: a
-callback calling `.item()` in `before_batch` must fail.
+callback calling `.item()` in `before_batch` must fail; and a bare fit must pass (so a sync reported for a callback is
+that callback's, not fastai's or the model's).
 
 Configurations: each callback alone, then `WeightedPerSampleLoss` + `BatchSubsampler` and `LDSWeightedLoss` +
 `BatchSubsampler` in both callback orders; `BatchSubsampler` with a random `sample_pct` range and `step_pct` < 1 (the
 shape-changing path). Exit status 0 when every configuration trains 2 epochs with no sync in the window, 1 otherwise.
+
+Without a GPU, `main('cpu')` runs the same loop as a dry run (nothing can sync there: the control reports FAIL), and
+`tests/test_batch_subsampler.py::test_no_host_reads_per_batch` watches the same window on the CPU for the tensor ops
+that would sync on a GPU (`.item()`, `.cpu()`, `.tolist()`, `bool(tensor)`, boolean masks, `nonzero`, ...).
 """
 import sys, warnings
 warnings.filterwarnings('ignore', category=FutureWarning)
@@ -36,12 +41,13 @@ def main(dev='cuda'):  # another device only to try the script's logic without a
     from tsai_cbs.loss_weights import WeightedPerSampleLoss, LDSWeightedLoss
     from tsai_cbs.batch_subsampler import BatchSubsampler
 
+    mode = torch.cuda.set_sync_debug_mode if dev == 'cuda' else (lambda m: None)
     class SyncOn(Callback):
         order = -10**6
-        def before_batch(self): torch.cuda.set_sync_debug_mode('error')
+        def before_batch(self): mode('error')
     class SyncOff(Callback):
         order = 10**6
-        def after_loss(self): torch.cuda.set_sync_debug_mode('default')
+        def after_loss(self): mode('default')
     class Syncs(Callback):
         "Control: a hook that syncs"
         def before_batch(self): self.v = self.x.sum().item()
@@ -57,6 +63,7 @@ def main(dev='cuda'):  # another device only to try the script's logic without a
     sub = lambda order=None: _with_order(BatchSubsampler(sample_pct=(.5, 1.), step_pct=.5, seed=0), order)
     configs = {
         'control (.item() in before_batch)': lambda: [Syncs()],
+        'bare fit (no callback under test)': lambda: [],  # the window itself (fastai's hooks, the model, the plain loss) is sync-free
         'WeightedPerSampleLoss': lambda: [WeightedPerSampleLoss(w)],
         'LDSWeightedLoss': lambda: [LDSWeightedLoss(ytr)],
         'BatchSubsampler': lambda: [sub()],
@@ -72,7 +79,7 @@ def main(dev='cuda'):  # another device only to try the script's logic without a
         try:
             with learn.no_bar(), learn.no_logging(): learn.fit(2)
         except RuntimeError as e: err = e
-        finally: torch.cuda.set_sync_debug_mode('default')
+        finally: mode('default')
         synced = err is not None and 'synchroniz' in str(err)
         if err is not None and not synced: raise err
         expected = name.startswith('control')

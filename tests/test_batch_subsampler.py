@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
@@ -23,7 +23,7 @@ class Record(Callback):
     order = 90
     def before_fit(self): self.tr, self.va = [], []
     def after_pred(self):
-        if not self.training: assert self.learn.kept_rows is None  # no rows of the last training batch linger
+        if not self.training: assert getattr(self.learn, 'kept_rows', None) is None  # no rows of the last training batch linger
         (self.tr if self.training else self.va).append((tuple(t.clone() for t in self.xb), tuple(t.clone() for t in self.yb)))
 
 # -- composition with the per-sample weights ----------------------------------------------------------------------------
@@ -171,15 +171,24 @@ def test_bad_shapes_fail_before_training():
     assert all(torch.equal(a, b) for a, b in zip(init, learn.model.parameters()))  # no step was taken
     assert not hasattr(learn, 'kept_rows')
 
-@pytest.mark.parametrize('exc', [RuntimeError('boom'), KeyboardInterrupt()])
+@pytest.mark.parametrize('exc', [RuntimeError('boom'), KeyboardInterrupt(), CancelFitException()])
 def test_kept_rows_removed_however_fit_ends(exc):
     from test_loss_weights import Failing
     X, y = synth_data(N_TR + 32, 'regression', seed=1)
     crit = MSELossFlat()
-    learn = Learner(KINDS['tensor'](X, y), Failing(exc, at=3), loss_func=crit,
+    learn = Learner(KINDS['tensor'](X, y), model := Failing(exc, at=3), loss_func=crit,
                     cbs=[BatchSubsampler(sample_pct=.5, step_pct=.5), WeightedPerSampleLoss(torch.rand(N_TR) + .1)])
-    with learn.no_bar(), learn.no_logging(), pytest.raises(type(exc)): learn.fit(1)
+    with learn.no_bar(), learn.no_logging():
+        if isinstance(exc, CancelFitException): learn.fit(1)  # fastai ends the fit quietly
+        else:
+            with pytest.raises(type(exc)): learn.fit(1)
     assert not hasattr(learn, 'kept_rows') and learn.loss_func is crit and 'get_idxs' not in learn.dls.train.__dict__
+    # a following plain fit sees whole batches
+    learn.remove_cbs([c for c in learn.cbs if isinstance(c, (BatchSubsampler, WeightedPerSampleLoss))])
+    model.at = 10**9
+    learn.add_cb(rec := Record())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    assert len(rec.tr) == N_TR // BS and all(torch.equal(xb, X[i * BS:(i + 1) * BS]) for i, ((xb,), _) in enumerate(rec.tr))
 
 def test_one_subsampler_per_learner():
     learn = synth_learner('regression', n_train=64, n_valid=32, cbs=[BatchSubsampler(sample_pct=.5), BatchSubsampler(step_pct=.5)])
@@ -189,3 +198,49 @@ def test_one_subsampler_per_learner():
 def test_repr():
     assert repr(BatchSubsampler(sample_pct=(.5, 1.), step_pct=.25, seed=3)) == \
         'BatchSubsampler(sample_pct=(0.5, 1.0), step_pct=0.25, same_seq_len=True, update_y=False, seed=3)'
+
+# -- no host reads per batch (a CPU stand-in for benchmarks/gpu_sync_check.py) --------------------------------------------
+
+from torch.overrides import TorchFunctionMode
+
+class HostReads(TorchFunctionMode):
+    "Record the tensor ops that, on a GPU, make the host wait for the device: values read back, data-dependent shapes"
+    NAMES = {'item', 'tolist', 'numpy', '__array__', '__bool__', '__int__', '__float__', '__index__', 'cpu', 'nonzero',
+             'unique', 'unique_consecutive', 'masked_select', 'argwhere'}
+    def __init__(self): super().__init__(); self.seen = []
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', str(func))
+        if name in self.NAMES: self.seen.append(name)
+        elif name in ('__getitem__', '__setitem__') and any(isinstance(a, torch.Tensor) and a.dtype == torch.bool
+                                                            for a in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+            self.seen.append(f'{name}[bool mask]')
+        return func(*args, **(kwargs or {}))
+
+class WatchHostReads(Callback):
+    "Watch every training batch from the first `before_batch` hook to the last `after_loss` hook (as gpu_sync_check does)"
+    order = -10**6
+    def before_fit(self): self.seen = []
+    def before_batch(self):
+        if self.training: self.mode = HostReads(); self.mode.__enter__()
+class StopWatching(Callback):
+    order = 10**6
+    def after_loss(self):
+        mode = self.watch_host_reads.__dict__.pop('mode', None)
+        if mode is not None: mode.__exit__(None, None, None); self.watch_host_reads.seen += mode.seen
+
+class ItemInBeforeBatch(Callback):
+    def before_batch(self): self.v = self.x.sum().item()
+
+@pytest.mark.parametrize('config', ['control', 'bare', 'instance', 'lds', 'subsampler', 'instance+subsampler', 'lds+subsampler'])
+def test_no_host_reads_per_batch(config):
+    X, y = synth_data(N_TR + 32, 'regression', seed=1)
+    sub = lambda: BatchSubsampler(sample_pct=(.5, 1.), step_pct=.5, seed=0)
+    cbs = {'control': lambda: [ItemInBeforeBatch()], 'bare': lambda: [],
+           'instance': lambda: [WeightedPerSampleLoss(torch.rand(N_TR) + .1)], 'lds': lambda: [LDSWeightedLoss(y[:N_TR])],
+           'subsampler': lambda: [sub()], 'instance+subsampler': lambda: [WeightedPerSampleLoss(torch.rand(N_TR) + .1), sub()],
+           'lds+subsampler': lambda: [sub(), LDSWeightedLoss(y[:N_TR])]}[config]()
+    learn = _learner(KINDS['tensor'](X, y, shuffle=True), cbs=cbs + [WatchHostReads(), StopWatching()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    seen = learn.watch_host_reads.seen
+    if config == 'control': assert seen == ['item'] * (N_TR // BS)  # the watch does catch a read
+    else: assert seen == [], sorted(set(seen))
