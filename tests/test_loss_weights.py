@@ -156,6 +156,20 @@ def test_uneven_last_batch_and_drop_last():
         assert probe.n_checked == n_b
         assert [len(i) for i in probe.batch_ids][-1] == (96 - 6 * 14 if not drop_last else 14)
 
+def test_from_dsets_workers_drop_last():
+    "`DataLoaders.from_dsets` (training set shuffled, last partial batch dropped by default) with worker processes"
+    X, y = synth_data(132, 'regression', seed=1)
+    n = 100  # 6 batches of 16, 4 items dropped each epoch
+    w = torch.rand(n, generator=torch.Generator().manual_seed(6)) + .1
+    set_seed(0)
+    dls = DataLoaders.from_dsets(TensorDataset(X[:n], y[:n]), TensorDataset(X[n:], y[n:]), bs=BS, num_workers=2)
+    assert dls.train.shuffle and dls.train.drop_last and dls.train.fake_l.num_workers == 2
+    probe = GradProbe(MSELossFlat(), X[:n], y[:n], (w.double() / w.double().mean()).float())
+    learn = _learner(dls, loss_func=probe.crit, cbs=[WeightedPerSampleLoss(w), probe])
+    with learn.no_bar(), learn.no_logging(): learn.fit(2)
+    assert probe.n_checked == 12 and all(len(i) == BS for i in probe.batch_ids)
+    for e in (0, 1): assert len(set(torch.cat(probe.batch_ids[6 * e:6 * (e + 1)]).tolist())) == 96
+
 def test_one_batch_mid_epoch_does_not_change_the_order():
     "A callback drawing `dls.train.one_batch()` during training (a new get_idxs call) does not disturb the weights"
     X, y = _data()
