@@ -394,3 +394,18 @@ def test_cpu_passes_leave_other_threads_alone():
         assert res == dict(first=2, second=2, first_public=2)
         assert torch.get_num_threads() == n0
     finally: torch.set_num_threads(n0)
+
+
+def test_weights_are_float32_whatever_the_default_dtype():
+    "A user's torch.set_default_dtype(torch.float64) changes nothing: float32 weights, the same values"
+    y = torch.from_numpy(skewed(4_500_000, seed=7))  # several CPU chunks: the in-place result path
+    ref, b = prepare_LDS_weights(y, show_plot=False), lds_bins(y[:5000])
+    ref_small = b(y[:5000])
+    d0 = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        w = prepare_LDS_weights(y, show_plot=False)
+        assert w.dtype == torch.float32 and torch.equal(w, ref)
+        assert b(y[:5000]).dtype == torch.float32 and torch.equal(b(y[:5000]), ref_small)
+        assert torch.equal(lds_bins(y[:5000])(y[:5000]), ref_small)
+    finally: torch.set_default_dtype(d0)

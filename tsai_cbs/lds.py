@@ -95,7 +95,7 @@ def _empty_f32(n, device):
     "Uninitialized float32 tensor of `n` elements; large CPU ones advised onto transparent huge pages where Linux offers them"
     # a fresh 4 KiB page costs a page fault on first write, which for a 40 MB result takes longer than computing it.
     # The tensor stays an ordinary torch allocation (resizable, freed by torch): only its untouched pages are advised
-    t = torch.empty(n, device=device)
+    t = torch.empty(n, dtype=torch.float32, device=device)  # not the default dtype: the user may have changed it
     if device.type == 'cpu' and n >= (4 << 20) and _madvise is not None and _MADV_HUGEPAGE is not None:
         a = t.data_ptr(); lo, hi = -(-a // _HUGE) * _HUGE, (a + 4 * n) // _HUGE * _HUGE  # whole huge pages inside
         if hi > lo: _madvise(lo, hi - lo, _MADV_HUGEPAGE)  # failing only costs speed
@@ -247,7 +247,7 @@ class LDSBins:
     def _lookup_in_place(self, w):
         "Replace the int32 bin indices stored in float32 `w` by their weights, chunk by chunk"
         tab, idx, chunk = self._table(w.device), w.view(torch.int32), _chunk_size(w)
-        buf = torch.empty(min(chunk, len(w)), device=w.device)
+        buf = torch.empty(min(chunk, len(w)), dtype=torch.float32, device=w.device)
         for a in range(0, len(w), chunk):
             o = buf[:len(idx[a:a + chunk])]
             torch.index_select(tab, 0, idx[a:a + chunk], out=o)
