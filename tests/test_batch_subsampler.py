@@ -244,3 +244,14 @@ def test_no_host_reads_per_batch(config):
     seen = learn.watch_host_reads.seen
     if config == 'control': assert seen == ['item'] * (N_TR // BS)  # the watch does catch a read
     else: assert seen == [], sorted(set(seen))
+
+def test_validate_and_get_preds_leave_the_global_rng_alone():
+    "fastai runs `before_fit` in `validate`/`get_preds` too: no seed is drawn there (only a real `fit` draws one)"
+    draws = []
+    for cbs in ([], [BatchSubsampler(sample_pct=.5)]):
+        learn = synth_learner('regression', n_train=64, n_valid=32, cbs=cbs)
+        set_seed(3)
+        with learn.no_bar(), learn.no_logging(): learn.validate(); learn.get_preds()
+        draws.append(torch.rand(3))
+        assert not hasattr(learn, 'kept_rows')
+    assert torch.equal(*draws)

@@ -54,14 +54,16 @@ class BatchSubsampler(Callback):
     def before_fit(self):
         if any(isinstance(c, BatchSubsampler) and c is not self for c in self.learn.cbs):
             raise ValueError("use one `BatchSubsampler` per Learner: the rows kept by two would not compose in `learn.kept_rows`")
-        seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()).item())  # CPU RNG: no device sync
+        self.keeper = StateKeeper()
+        in_fit = on_fit_end(self.learn, self.keeper.restore)
+        # fastai calls `before_fit` in `validate` and `get_preds` too, which never subsample: torch's RNG is left as it was there
+        with torch.random.fork_rng(devices=[], enabled=self.seed is None and not in_fit):
+            seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()).item())  # CPU RNG: no device sync
         self._seed = seed + rank_distrib()
         self._rng, self._gens = random.Random(self._seed), {}
         dev = getattr(self.dls.train, 'device', None)
         if dev is not None: self._gen(torch.device(dev))  # made here rather than in the first batch
-        self.keeper = StateKeeper()
         self.keeper.set(self.learn, 'kept_rows', None)
-        on_fit_end(self.learn, self.keeper.restore)
 
     def after_fit(self): self.keeper.restore()
 
