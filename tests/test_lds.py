@@ -354,6 +354,8 @@ def test_prop_bin_index_is_searchsorted_on_edges(vals, n_bins, dtype):
     probes = np.concatenate([y, e, np.nextafter(e, -np.inf)]).astype(dtype)
     direct = np.clip(np.searchsorted(e[1:-1], probes, side='right'), 0, b.n_bins - 1)
     np.testing.assert_array_equal(b.bin_index(probes).numpy(), direct)
+    rule = np.clip(np.floor((probes - dtype(b.lo)) * dtype(b.scale)), 0, b.n_bins - 1)  # the documented rule, per sample
+    np.testing.assert_array_equal(direct, rule)
     np.testing.assert_array_equal(b.counts.numpy(), np.bincount(direct[:len(y)], minlength=b.n_bins))
     ideal = b.lo + (b.hi - b.lo) * np.arange(b.n_bins + 1) / b.n_bins
     assert np.all(np.abs(e.astype(np.float64) - ideal) <= 8 * np.spacing(dtype(max(abs(b.lo), abs(b.hi)))))
