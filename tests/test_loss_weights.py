@@ -195,6 +195,20 @@ def test_dataloader_picklable_during_epoch():
     dl = learn.pickle_dl.copy
     assert sorted(dl.get_idxs()) == list(range(N_TR)) and len(list(dl)) == N_TR // BS
 
+def test_dataloader_new_mid_epoch_is_plain():
+    "`dl.new()` during a training epoch (as `learn.get_preds(ds_idx=0)` does) gives a DataLoader with its own order, not the epoch's"
+    X, y = _data()
+    class NewDL(Callback):
+        def after_batch(self):
+            if self.training and self.iter == 1:
+                dl = self.dls.train.new(shuffle=False)
+                self.idxs, self.ys = list(dl.get_idxs()), torch.cat([b[1] for b in dl])
+    probe = GradProbe(MSELossFlat(), X[:N_TR], y[:N_TR], torch.ones(N_TR))
+    learn = _learner(_tensor_dls(X, y, shuffle=True), loss_func=probe.crit, cbs=[WeightedPerSampleLoss(torch.ones(N_TR)), NewDL(), probe])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    assert learn.new_dl.idxs == list(range(N_TR)) and torch.equal(learn.new_dl.ys, y[:N_TR])
+    assert probe.n_checked == N_TR // BS
+
 # -- losses -----------------------------------------------------------------------------------------------------------
 
 def _mse_fn(pred, targ, reduction='mean'): return F.mse_loss(pred, targ, reduction=reduction)

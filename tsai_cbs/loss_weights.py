@@ -5,6 +5,7 @@
 # %% ../nbs/03_loss_weights.ipynb #003ac1b0
 from __future__ import annotations
 import copy, inspect
+from types import MethodType
 import numpy as np
 import torch
 from fastai.callback.core import Callback
@@ -195,7 +196,9 @@ class WeightedPerSampleLoss(_PerSampleWeighting):
         self._unpatch()
         dl, self._epoch_w, self._locked = self.learn.dl, None, False
         self._bs, orig, had = _base_dl(dl).bs, dl.get_idxs, 'get_idxs' in dl.__dict__
-        dl.get_idxs = _OrderRecorder(orig, self._record)
+        # `dl.new()` (e.g. `get_preds(ds_idx=0)`) copies a plain callable found in `get_idxs`, but not a method: keep that kind
+        rec = _OrderRecorder(orig, self._record)
+        dl.get_idxs = MethodType(_OrderRecorder.__call__, rec) if isinstance(orig, MethodType) else rec
         def undo():
             if had: dl.get_idxs = orig
             else: dl.__dict__.pop('get_idxs', None)
