@@ -411,3 +411,16 @@ def test_weights_are_float32_whatever_the_default_dtype():
         assert b(y[:5000]).dtype == torch.float32 and torch.equal(b(y[:5000]), ref_small)
         assert torch.equal(lds_bins(y[:5000])(y[:5000]), ref_small)
     finally: torch.set_default_dtype(d0)
+
+
+@pytest.mark.parametrize('sigma', [1e-300, 1e-160, 1e160, 1e300])
+def test_extreme_sigmas_give_the_limit_windows(sigma):
+    "A sigma far below a bin is no smoothing, far above is a flat window: finite weights, no overflow"
+    for kernel in ('gaussian', 'laplace'):
+        w = get_lds_kernel_window(kernel, 9, sigma)
+        np.testing.assert_array_equal(w, np.eye(9)[4] if sigma < 1 else np.ones(9))
+    y = skewed(1000)
+    for kernel in ('gaussian', 'laplace'):
+        w = prepare_LDS_weights(y, n_bins=20, lds_kernel=kernel, lds_sigma=sigma, show_plot=False)
+        assert torch.isfinite(w).all() and (w > 0).all()
+        if sigma < 1: assert torch.equal(w, prepare_LDS_weights(y, n_bins=20, lds_ks=1, show_plot=False))  # no smoothing

@@ -33,7 +33,11 @@ def get_lds_kernel_window(lds_kernel:str='gaussian', # 'gaussian', 'triang' or '
 def _window(lds_kernel, lds_ks, lds_sigma, device='cpu'):
     "The window as a float64 tensor made on `device` (no host-to-device copy)"
     k = torch.arange(lds_ks, dtype=torch.float64, device=device) - (lds_ks - 1) // 2
-    if lds_kernel == 'gaussian': return torch.exp(-k**2 / (2 * lds_sigma**2))
+    if lds_kernel == 'gaussian':
+        # a huge sigma gives a flat window (not an OverflowError), a tiny one a unit impulse (the centre set apart: 0 / 0
+        # there once 2 * sigma**2 underflows)
+        den = 2 * float(lds_sigma)**2 if float(lds_sigma) < 1e150 else math.inf
+        return torch.where(k == 0, 1., torch.exp(-k**2 / den))
     if lds_kernel == 'triang': return 1 - k.abs() / ((lds_ks + 1) // 2)
     return torch.exp(-k.abs() / lds_sigma)
 
