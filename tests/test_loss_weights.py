@@ -256,8 +256,11 @@ def test_loss_without_per_sample_values_fails_before_any_batch():
     class Scalar(nn.Module):  # claims a reduction but ignores it
         reduction = 'mean'
         def forward(self, p, t): return ((p - t) ** 2).mean()
-    learn = _learner(_tensor_dls(X, y), loss_func=Scalar(), cbs=WeightedPerSampleLoss(torch.ones(N_TR)))
+    learn = _learner(_tensor_dls(X, y), loss_func=(lf := Scalar()), cbs=WeightedPerSampleLoss(torch.ones(N_TR)))
+    init = [p.clone() for p in learn.model.parameters()]
     with pytest.raises(RuntimeError, match='cannot be weighted per sample'): learn.fit(1)
+    assert learn.loss_func is lf and lf.reduction == 'mean'  # found out at the first training batch, before any step
+    assert all(torch.equal(a, b) for a, b in zip(init, learn.model.parameters()))
 
 @pytest.mark.parametrize('w,err,match', [
     ([1., 2.], ValueError, 'expected 96'), (torch.ones(N_TR + 1), ValueError, 'expected 96'),
