@@ -424,3 +424,16 @@ def test_extreme_sigmas_give_the_limit_windows(sigma):
         w = prepare_LDS_weights(y, n_bins=20, lds_kernel=kernel, lds_sigma=sigma, show_plot=False)
         assert torch.isfinite(w).all() and (w > 0).all()
         if sigma < 1: assert torch.equal(w, prepare_LDS_weights(y, n_bins=20, lds_ks=1, show_plot=False))  # no smoothing
+
+
+def test_ranges_beyond_the_compute_dtype_are_refused():
+    "max - min must fit the compute dtype: else y - lo overflows and labels inside the range land in the last bin"
+    y32 = np.array([3e38, -3e38, 0.5e38], dtype=np.float32)
+    with pytest.raises(ValueError, match=r'labels.*float32.*float64'): prepare_LDS_weights(y32, show_plot=False)
+    with pytest.raises(ValueError, match='labels'): lds_bins(np.array([1.7e308, -1.7e308, 0.]))
+    with pytest.raises(ValueError, match='label_range'):
+        prepare_LDS_weights(np.array([0., 1.], dtype=np.float32), label_range=(-1e39, 1e39), show_plot=False)
+    with pytest.raises(ValueError, match='label_range'): lds_bins(np.array([0., 1.]), label_range=(-1.7e308, 1.7e308))
+    # the same labels as float64 are binned as documented
+    b = lds_bins(y32.astype(np.float64), n_bins=6)
+    assert b.bin_index(y32.astype(np.float64)).tolist() == [5, 0, 3]

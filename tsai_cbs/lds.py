@@ -153,7 +153,13 @@ def _layout(y, n_bins, label_range, dtype):
             lo, hi = mn, mx
             if n_bins is None: n_bins = _rice(len(y))
     np_dt = np.float64 if dtype == torch.float64 else np.float32
-    lo, hi = float(np_dt(lo)), float(np_dt(hi))
+    with np.errstate(over='ignore'):
+        lo, hi = float(np_dt(lo)), float(np_dt(hi))
+        span = float(np_dt(hi) - np_dt(lo))
+    if not math.isfinite(span):  # y - lo would overflow: labels inside the range would land in the last bin
+        what = f"`label_range` {label_range!r}" if label_range is not None else f"`labels` (from {mn:.6g} to {mx:.6g})"
+        raise ValueError(f"{what} spans more than {dtype} can hold (max - min overflows): rescale the labels"
+                         + ("" if dtype == torch.float64 else " or pass them as float64"))
     big = float(np.finfo(np_dt).max)
     if not (lo < hi and n_bins / (hi - lo) <= big):
         if label_range is not None:
