@@ -297,6 +297,21 @@ def test_validation_loss_unweighted(weighting):
     with plain.no_bar(), plain.no_logging(): assert plain.validate()[0] == weighted_valid
     with learn.no_bar(), learn.no_logging(): assert learn.validate()[0] == weighted_valid
 
+@pytest.mark.parametrize('weighting', ['instance', 'lds'])
+def test_per_sample_validation_losses_during_fit(weighting):
+    "`get_preds(with_loss=True)` from a callback during `fit` gives the plain per-sample losses (fastai sets the loss's reduction)"
+    X, y = _data()
+    class PerSample(Callback):
+        order = 90
+        def after_epoch(self): self.res = self.learn.get_preds(ds_idx=1, with_loss=True, inner=True)
+    cb = WeightedPerSampleLoss(torch.rand(N_TR) + .1) if weighting == 'instance' else LDSWeightedLoss(y[:N_TR])
+    crit = MSELossFlat()
+    learn = _learner(_tensor_dls(X, y, shuffle=True), loss_func=crit, cbs=[cb, PerSample()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    preds, targs, losses = learn.per_sample.res
+    assert losses.shape == (N_VA,) and torch.allclose(losses, (preds - targs) ** 2)
+    assert learn.loss_func is crit and crit.reduction == 'mean'
+
 class Boom(Exception): pass
 
 class Failing(nn.Module):

@@ -55,6 +55,12 @@ class _WeightedLoss(GetAttr):
     def __init__(self, loss_func, kind, reduction, cb):
         self.loss_func, self.kind, self.reduction_, self.cb = loss_func, kind, reduction, cb
 
+    # the wrapped loss's own: fastai's `loss_not_reduced` (`get_preds(with_loss=True)` during `fit`) sets it on this stand-in
+    @property
+    def reduction(self): return self.loss_func.reduction
+    @reduction.setter
+    def reduction(self, v): self.loss_func.reduction = v
+
     def _per_element(self, pred, *yb, **kwargs):
         lf = self.loss_func
         if self.kind == 'arg': return lf(pred, *yb, **kwargs, reduction='none')
