@@ -437,3 +437,18 @@ def test_ranges_beyond_the_compute_dtype_are_refused():
     # the same labels as float64 are binned as documented
     b = lds_bins(y32.astype(np.float64), n_bins=6)
     assert b.bin_index(y32.astype(np.float64)).tolist() == [5, 0, 3]
+
+
+def test_huge_page_advice_is_optional(monkeypatch):
+    "Where there is no MADV_HUGEPAGE or no loadable libc (Windows: ctypes.CDLL(None) raises TypeError) the module still works"
+    import ctypes, mmap
+    import tsai_cbs.lds as lds
+    def no_libc(*a, **k): raise TypeError('no libc here')
+    monkeypatch.setattr(ctypes, 'CDLL', no_libc)
+    assert lds._libc_madvise() is None
+    monkeypatch.delattr(mmap, 'MADV_HUGEPAGE', raising=False)
+    assert lds._libc_madvise() is None
+    y = torch.from_numpy(skewed(4_500_000, seed=8))
+    ref = prepare_LDS_weights(y, show_plot=False)
+    monkeypatch.setattr(lds, '_madvise', None)
+    assert torch.equal(prepare_LDS_weights(y, show_plot=False), ref)

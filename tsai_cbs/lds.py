@@ -87,11 +87,13 @@ def _cpu_one_thread(y):
     finally: torch.set_num_threads(n)
 
 def _libc_madvise():
+    "libc's `madvise` where Linux offers transparent huge pages, else None"
+    if not hasattr(mmap, 'MADV_HUGEPAGE'): return None
     try:
         f = ctypes.CDLL(None, use_errno=True).madvise
         f.argtypes, f.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
         return f
-    except (OSError, AttributeError): return None
+    except (OSError, AttributeError, TypeError): return None  # TypeError: no process handle (Windows)
 
 _madvise, _MADV_HUGEPAGE, _HUGE = _libc_madvise(), getattr(mmap, 'MADV_HUGEPAGE', None), 2 << 20
 
