@@ -30,6 +30,11 @@ def to_nb(src, dest):
             flush(); cur.clear(); kind = 'markdown' if m.group(1) else 'code'
         elif kind is not None: cur.append(line)
     flush()
+    # keep the cell ids of an existing notebook (by position) so a round trip gives a small diff
+    if Path(dest).exists():
+        old = json.loads(Path(dest).read_text())['cells']
+        for c, o in zip(cells, old):
+            if 'id' in o: c['id'] = o['id']
     nb = dict(cells=cells, metadata=dict(kernelspec=dict(display_name='python3', language='python', name='python3')),
               nbformat=4, nbformat_minor=5)
     Path(dest).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
