@@ -2,6 +2,7 @@
 import math, sys
 from pathlib import Path
 import pytest, torch
+import numpy as np
 from torch import nn
 from torch.utils.data import TensorDataset
 from fastai.callback.core import Callback, CancelFitException
@@ -159,6 +160,15 @@ def test_multi_input():
 ])
 def test_bad_arguments(kw, err, match):
     with pytest.raises(err, match=match): BatchSubsampler(**kw)
+
+@pytest.mark.parametrize('pct', [torch.tensor(.5), np.float32(.5), [.5, .5], (torch.tensor(.5), np.float64(.5))])
+def test_fraction_types(pct):
+    "Fractions the checks accept (numpy and 0-d tensor numbers, a list range) are used as Python floats"
+    cb = BatchSubsampler(sample_pct=pct, seed=0)
+    assert cb.sample_pct in (.5, (.5, .5)) and all(type(p) is float for p in (cb.sample_pct if isinstance(cb.sample_pct, tuple) else (cb.sample_pct,)))
+    learn = synth_learner('regression', n_train=64, n_valid=32, cbs=[cb, rec := Record()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    assert len(rec.tr) == 2 and all(xb.shape == (16, 3, 64) for (xb,), _ in rec.tr)  # half of each batch of 32
 
 def test_bad_shapes_fail_before_training():
     X2, y = torch.randn(64, 5), torch.randn(64)

@@ -15,6 +15,11 @@ from .core import check_type, check_number, check_pct, StateKeeper, on_fit_end
 __all__ = ['BatchSubsampler']
 
 # %% ../nbs/04_batch_subsampler.ipynb #198f2ae3
+def _floats(pct):
+    "A fraction or a (min, max) range as Python floats: the draws are sized on the host"
+    if pct is None: return None
+    return tuple(float(p) for p in pct) if isinstance(pct, (tuple, list)) else float(pct)
+
 def _check_batch(xb, yb, sample, step, update_y):
     "Shape checks (host-side only); returns the step length `S` when steps are subsampled"
     for name, b in (('input', xb), ('target', yb)):
@@ -50,6 +55,7 @@ class BatchSubsampler(Callback):
         check_number('seed', seed, 0, integer=True, allow_none=True)
         if update_y and step_pct is None: raise ValueError("`update_y` applies the step indices to the targets: it needs `step_pct`")
         store_attr()
+        self.sample_pct, self.step_pct = _floats(sample_pct), _floats(step_pct)  # numpy or 0-d tensor values too
 
     def before_fit(self):
         if any(isinstance(c, BatchSubsampler) and c is not self for c in self.learn.cbs):
