@@ -80,7 +80,7 @@ def hooks(n=2000):
     set_us = per_call(lambda i: ts._set(i), n) * 1e6
     learn.training, learn.iter = True, 0
     count_us = per_call(lambda i: (setattr(sa, 'n_batches', 0), sa.after_batch()), n) * 1e6
-    sg.run, sg.learn = True, learn
+    sg.drawing, sg.learn = True, learn
     sg.fig = None
     draw_ms = per_call(lambda i: sg._draw(), 10) * 1e3
     sg._close()

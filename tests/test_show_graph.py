@@ -189,3 +189,15 @@ def test_ddp_rank0_only(in_tmp):
     assert [(in_tmp/f'rank{r}.txt').read_text() for r in (0, 1)] == [want, want]
     assert (in_tmp/'show_graph.png').exists() and res.stdout.count('ShowGraph:') == 1
     assert (in_tmp/'transform_schedule.png').exists() and res.stdout.count('TransformScheduler:') == 1
+
+class InterruptLrFind(Callback):
+    def before_batch(self):
+        if hasattr(self.learn, 'lr_finder') and self.iter == 2: raise KeyboardInterrupt()
+
+def test_draws_after_interrupted_lr_find(in_tmp):
+    "An lr_find that raises never reaches after_fit (where fastai resets a callback's `run`): the next fit still draws"
+    learn = synth_learner(cbs=[ShowGraph(), InterruptLrFind()])
+    with pytest.raises(KeyboardInterrupt), learn.no_bar(): learn.lr_find(num_it=10, show_plot=False)
+    assert not (in_tmp/'show_graph.png').exists()
+    _fit(learn, 2)
+    assert (in_tmp/'show_graph.png').exists() and (in_tmp/'show_graph_metrics.png').exists()

@@ -152,7 +152,7 @@ class ShowGraph(Callback):
         check_choice('mode', mode, ('auto', 'notebook', 'file'))
         check_type('figsize', figsize, (tuple, list))
         self.plot_metrics,self.final_losses,self.perc,self.fname,self.mode,self.figsize = plot_metrics,final_losses,perc,fname,mode,tuple(figsize)
-        self.fig,self._told = None,False
+        self.fig,self._told,self.drawing = None,False,False
 
     @property
     def image_path(self) -> Path:
@@ -167,17 +167,18 @@ class ShowGraph(Callback):
 
     def before_fit(self):
         # lr_find, get_preds and validate (which runs before_fit/after_fit outside a real `fit`) draw nothing
-        self.run = (not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds') and is_rank0()
+        # our own flag, not fastai's `run`: fastai only resets `run` in `after_fit`, which an interrupted `lr_find` never reaches
+        self.drawing = (not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds') and is_rank0()
                     and hasattr(self.learn, 'recorder'))
-        if self.run: self.run = on_fit_end(self.learn, self._close)
-        if not self.run: return
+        if self.drawing: self.drawing = on_fit_end(self.learn, self._close)
+        if not self.drawing: return
         self.live = self.mode == 'notebook' or (self.mode == 'auto' and live_display())
         self.update_live = self.live and _updates_in_place()
         self.to_file = not self.live or self.fname is not None
         self.xs,self.ys,self.vx,self.vy,self.first_epoch,self.handle = [],[],[],[],None,None
 
     def after_epoch(self):
-        if not self.run: return
+        if not self.drawing: return
         rec = self.learn.recorder
         new = rec.losses[len(self.ys):]
         if not new: return  # an epoch skipped by `start_epoch`
@@ -222,8 +223,8 @@ class ShowGraph(Callback):
         self.fig = None
 
     def after_fit(self):
-        if not self.run: return
-        self.run = False
+        if not self.drawing: return
+        self.drawing = False
         if self.live and not self.update_live and self.fig is not None:
             show_figure(self.fig, live=True)  # where updates would pile up as separate outputs: the final graph only
         self._close()
