@@ -161,7 +161,8 @@ def test_notebook_mode_updates_one_display(in_tmp, monkeypatch):
 
 def test_bad_arguments():
     for kw, name in [(dict(perc=0), 'perc'), (dict(perc=2), 'perc'), (dict(perc='a'), 'perc'), (dict(final_losses=1), 'final_losses'),
-                     (dict(plot_metrics=None), 'plot_metrics'), (dict(mode='png'), 'mode'), (dict(fname=1), 'fname'), (dict(fname=' '), 'fname')]:
+                     (dict(plot_metrics=None), 'plot_metrics'), (dict(mode='png'), 'mode'), (dict(fname=1), 'fname'), (dict(fname=' '), 'fname'),
+                     (dict(figsize=6), 'figsize'), (dict(figsize=(6,)), 'figsize'), (dict(figsize=(6, 'a')), 'figsize'), (dict(figsize=(6, -1)), 'figsize')]:
         with pytest.raises((TypeError, ValueError), match=name): ShowGraph(**kw)
 
 def test_ddp_rank0_only(in_tmp):

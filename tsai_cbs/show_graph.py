@@ -12,7 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from fastai.callback.core import Callback
-from .core import check_type, check_choice, check_pct, on_fit_end, is_rank0
+from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0
 
 # %% auto #0
 __all__ = ['live_display', 'figure_path', 'show_figure', 'recorder_table', 'plot_metrics', 'ShowGraph']
@@ -150,7 +150,9 @@ class ShowGraph(Callback):
         check_type('fname', fname, (str, Path), 'a str or Path', allow_none=True)
         if fname is not None and not str(fname).strip(): raise ValueError("`fname` must be a file name, got an empty string")
         check_choice('mode', mode, ('auto', 'notebook', 'file'))
-        check_type('figsize', figsize, (tuple, list))
+        check_type('figsize', figsize, (tuple, list), 'a (width, height) tuple')
+        if len(figsize) != 2: raise ValueError(f"`figsize` must be a (width, height) tuple in inches, got {figsize!r}")
+        for v in figsize: check_number('figsize', v, 0, lo_incl=False)
         self.plot_metrics,self.final_losses,self.perc,self.fname,self.mode,self.figsize = plot_metrics,final_losses,perc,fname,mode,tuple(figsize)
         self.fig,self._told,self.drawing = None,False,False
 
