@@ -109,6 +109,16 @@ def patch_distributed_dl_for_cpu():
         return t.tolist()
     DistributedDL._broadcast = _broadcast
 
+# A process group still alive at interpreter exit can abort a rank ("terminate called without an active
+# exception") while gloo's threads shut down; every script ends by closing it.
+_TEARDOWN = """
+
+import torch.distributed as _dist
+if _dist.is_available() and _dist.is_initialized():
+    _dist.barrier()
+    _dist.destroy_process_group()
+"""
+
 def run_distributed(script:str, # Python source run by every process
                     nproc:int=2, # number of processes
                     timeout:float=300, # seconds before the run is killed
@@ -117,7 +127,7 @@ def run_distributed(script:str, # Python source run by every process
     "Run `script` under `torchrun --nproc_per_node nproc` on the CPU; returns the `CompletedProcess`"
     cwd = Path(cwd or '.')
     fn = cwd/'_tsai_cbs_ddp_script.py'
-    fn.write_text(textwrap.dedent(script))
+    fn.write_text(textwrap.dedent(script) + _TEARDOWN)
     e = {**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': '', **(env or {})}
     # --standalone lets the rendezvous pick a free port itself: no race between runs started side by side
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc), str(fn)]
