@@ -13,8 +13,8 @@ from fastai.callback.core import (CancelBatchException, CancelBackwardException,
 from fastai.torch_core import rank_distrib, num_distrib
 
 # %% auto #0
-__all__ = ['check_type', 'check_number', 'check_choice', 'check_pct', 'StateKeeper', 'on_fit_end', 'is_rank0',
-           'distrib_initialized', 'distrib_barrier', 'broadcast_object']
+__all__ = ['check_type', 'check_number', 'check_choice', 'check_pct', 'as_number_vector', 'StateKeeper', 'on_fit_end', 'is_rank0',
+           'distrib_initialized', 'distrib_barrier', 'inner_dl', 'broadcast_object']
 
 # %% ../nbs/00_core.ipynb #8a2e392c
 def check_type(name:str, # parameter name, used in the message
@@ -81,7 +81,32 @@ def check_pct(name:str, # parameter name, used in the message
         return value
     return check_number(name, value, 0, 1, lo_incl=False)
 
-# %% ../nbs/00_core.ipynb #6233c270
+# %% ../nbs/00_core.ipynb #553cdf7c
+def as_number_vector(x, # a torch tensor (any device), numpy array, pandas Series, list or tuple of numbers
+                     name:str, # parameter name, used in the messages
+                     what:str='value', # what one element is, for the shape message
+                     hint:str=''): # appended to the shape message
+    "`x` as a 1-d integer or float tensor (a view where possible, on its own device); shape `(n,)` or `(n, 1)`"
+    if isinstance(x, torch.Tensor): t = x.detach()
+    else:
+        if hasattr(x, 'to_numpy'): x = x.to_numpy()
+        elif isinstance(x, (list, tuple)):
+            try: x = np.asarray(x)
+            except (TypeError, ValueError): raise TypeError(f"`{name}` must hold numbers, one {what} per sample") from None
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"`{name}` must be a torch tensor, numpy array, pandas Series or list of numbers, got {type(x).__name__}")
+        if x.dtype.kind not in 'iuf': raise TypeError(f"`{name}` must hold integer or float numbers, got numpy dtype {x.dtype}")
+        if x.dtype.kind == 'u' and x.dtype.itemsize > 1: x = x.astype(np.int64)  # torch has no uint16/32/64 arithmetic
+        with warnings.catch_warnings():  # read-only arrays: nothing here writes into them
+            warnings.simplefilter('ignore', UserWarning)
+            t = torch.from_numpy(x if x.dtype.isnative else x.astype(x.dtype.newbyteorder('=')))
+    if not (t.is_floating_point() or t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise TypeError(f"`{name}` must hold integer or float numbers, got {t.dtype}")
+    if t.ndim == 2 and t.shape[1] == 1: t = t[:, 0]
+    if t.ndim != 1: raise ValueError(f"`{name}` must have shape (n,) or (n, 1) (one {what} per sample), got shape {tuple(t.shape)}{hint}")
+    return t
+
+# %% ../nbs/00_core.ipynb #81cb3308
 class StateKeeper:
     "Remember attribute values of objects and put them back, once, last-in first-out"
     def __init__(self): self._saved = []
@@ -101,7 +126,7 @@ class StateKeeper:
     def __len__(self): return len(self._saved)
     def __repr__(self): return f"{type(self).__name__}({len(self)} saved)"
 
-# %% ../nbs/00_core.ipynb #81cb3308
+# %% ../nbs/00_core.ipynb #791f3959
 _CANCELS = (CancelBatchException, CancelBackwardException, CancelEpochException, CancelFitException,
             CancelStepException, CancelTrainException, CancelValidException)
 
@@ -131,7 +156,7 @@ def _guarded_fit(fit):
 # fastai skips `after_fit` when an exception escapes `fit`; this wrapper gives callbacks a place to undo their changes then.
 if not getattr(Learner.fit, '_tsai_cbs_guarded', False): Learner.fit = _guarded_fit(Learner.fit)
 
-# %% ../nbs/00_core.ipynb #de449981
+# %% ../nbs/00_core.ipynb #4dcd3385
 def is_rank0() -> bool:
     "True on the process that writes files and prints (always True outside distributed training)"
     return rank_distrib() == 0
@@ -143,6 +168,12 @@ def distrib_initialized() -> bool:
 def distrib_barrier():
     "Wait for every process of the distributed run (no-op outside one)"
     if distrib_initialized(): torch.distributed.barrier()
+
+def inner_dl(dl):
+    "The fastai `DataLoader` that indexes the dataset: `dl` itself, or the one fastai's `DistributedDL` wraps (under `distrib_ctx`)"
+    from fastai.distributed import DistributedDL
+    while isinstance(dl, DistributedDL): dl = dl.dl
+    return dl
 
 def broadcast_object(obj, src:int=0):
     "`obj` from rank `src` on every rank (returned unchanged outside distributed training)"

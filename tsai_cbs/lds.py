@@ -8,7 +8,7 @@ import contextlib, ctypes, math, mmap, warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import check_type, check_number, check_choice
+from .core import check_type, check_number, check_choice, as_number_vector
 
 # %% auto #0
 __all__ = ['LDS_KERNELS', 'LDS_REWEIGHTS', 'get_lds_kernel_window', 'LDSBins', 'lds_bins', 'prepare_LDS_weights']
@@ -44,25 +44,7 @@ def _window(lds_kernel, lds_ks, lds_sigma, device='cpu'):
 # %% ../nbs/02_lds.ipynb #ab60b66b
 def _as_labels(labels, name='labels'):
     "`labels` as a 1-d tensor (a view where possible) on its own device"
-    if isinstance(labels, torch.Tensor): y = labels.detach()
-    else:
-        if hasattr(labels, 'to_numpy'): labels = labels.to_numpy()
-        elif isinstance(labels, (list, tuple)): labels = np.asarray(labels)
-        if not isinstance(labels, np.ndarray):
-            raise TypeError(f"`{name}` must be a torch tensor, numpy array, pandas Series or list of numbers, got {type(labels).__name__}")
-        if labels.dtype.kind not in 'iuf':
-            raise TypeError(f"`{name}` must hold integer or float numbers, got numpy dtype {labels.dtype}")
-        if labels.dtype.kind == 'u' and labels.dtype.itemsize > 1: labels = labels.astype(np.int64)
-        with warnings.catch_warnings():  # read-only arrays: we never write into the labels
-            warnings.simplefilter('ignore', UserWarning)
-            y = torch.from_numpy(labels if labels.dtype.isnative else labels.astype(labels.dtype.newbyteorder('=')))
-    if not (y.is_floating_point() or y.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
-        raise TypeError(f"`{name}` must hold integer or float numbers, got {y.dtype}")
-    if y.ndim == 2 and y.shape[1] == 1: y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(f"`{name}` must have shape (n,) or (n, 1) (one label per sample), got shape {tuple(y.shape)}; "
-                         "for several targets per sample, pick the column (or a summary of each row) to balance")
-    return y
+    return as_number_vector(labels, name, 'label', hint='; for several targets per sample, pick the column (or a summary of each row) to balance')
 
 def _compute_dtype(y): return torch.float64 if y.dtype in (torch.float64, torch.int32, torch.int64) else torch.float32
 

@@ -11,7 +11,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
 from fastcore.basics import GetAttr
-from .core import check_type, StateKeeper, on_fit_end
+from .core import check_type, StateKeeper, on_fit_end, as_number_vector, inner_dl
 from .lds import LDSBins, lds_bins
 
 # %% auto #0
@@ -118,43 +118,23 @@ def _to_device(t, device):
 # %% ../nbs/03_loss_weights.ipynb #f11f2618
 def _as_weights(w, name='instance_weights'):
     "`w` as a 1-d float64 CPU tensor, checked: finite, non-negative, not all zero"
-    if hasattr(w, 'to_numpy'): w = w.to_numpy()
-    if isinstance(w, (list, tuple)):
-        try: w = np.asarray(w, dtype=np.float64)
-        except (TypeError, ValueError): raise TypeError(f"`{name}` must hold numbers") from None
-    if isinstance(w, np.ndarray):
-        if w.dtype.kind not in 'iuf': raise TypeError(f"`{name}` must hold integer or float numbers, got numpy dtype {w.dtype}")
-        w = torch.from_numpy(w.astype(np.float64))
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch tensor, numpy array, pandas Series or list of numbers, got {type(w).__name__}")
-    if not (w.is_floating_point() or w.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
-        raise TypeError(f"`{name}` must hold integer or float numbers, got {w.dtype}")
-    w = w.detach().to('cpu', torch.float64)
-    if w.ndim == 2 and w.shape[1] == 1: w = w[:, 0]
-    if w.ndim != 1: raise ValueError(f"`{name}` must have shape (n,), one weight per sample, got shape {tuple(w.shape)}")
+    w = as_number_vector(w, name, 'weight').to('cpu', torch.float64)
     if len(w) == 0: raise ValueError(f"`{name}` is empty")
     if not torch.isfinite(w).all(): raise ValueError(f"`{name}` must be finite, found {int((~torch.isfinite(w)).sum())} NaN/inf")
     if (w < 0).any(): raise ValueError(f"`{name}` must be >= 0, found {int((w < 0).sum())} negative weights (min {w.min().item():.4g})")
     if not (w > 0).any(): raise ValueError(f"`{name}` are all zero")
     return w
 
-def _base_dl(dl):
-    "The fastai `DataLoader` that indexes the dataset: `dl` itself, or the one a `DistributedDL` wraps"
-    try: from fastai.distributed import DistributedDL
-    except ImportError: return dl
-    while isinstance(dl, DistributedDL): dl = dl.dl
-    return dl
-
 def _train_positions(w, dls):
     "Index into `w` of each training item (position in `dls.train.dataset`)"
-    dl = _base_dl(dls.train)
+    dl = inner_dl(dls.train)
     if not isinstance(dl, DataLoader):
         raise TypeError(f"`WeightedPerSampleLoss` needs a fastai `DataLoader` for training, got {type(dl).__name__}")
     if not dl.indexed or dl.bs is None:
         raise ValueError("`WeightedPerSampleLoss` needs an indexed dataset and a batch size (`bs`) to know which item is in each row; "
                          "for an iterable or pre-batched dataset, weight by the target with `LDSWeightedLoss` or a weighted loss")
     n_tr = len(dl.dataset)
-    vdl = _base_dl(dls.valid) if len(dls.loaders) > 1 else None
+    vdl = inner_dl(dls.valid) if len(dls.loaders) > 1 else None
     n_va = len(vdl.dataset) if vdl is not None and getattr(vdl, 'dataset', None) is not None else 0
     if len(w) == n_tr: return torch.arange(n_tr)
     if len(w) == n_tr + n_va and n_va:
@@ -201,7 +181,7 @@ class WeightedPerSampleLoss(_PerSampleWeighting):
     def before_train(self):
         self._unpatch()
         dl, self._epoch_w, self._locked = self.learn.dl, None, False
-        self._bs, orig, had = _base_dl(dl).bs, dl.get_idxs, 'get_idxs' in dl.__dict__
+        self._bs, orig, had = inner_dl(dl).bs, dl.get_idxs, 'get_idxs' in dl.__dict__
         # `dl.new()` (e.g. `get_preds(ds_idx=0)`) copies a plain callable found in `get_idxs`, but not a method: keep that kind
         rec = _OrderRecorder(orig, self._record)
         dl.get_idxs = MethodType(_OrderRecorder.__call__, rec) if isinstance(orig, MethodType) else rec

@@ -11,9 +11,8 @@ import torch
 import matplotlib.pyplot as plt
 from fastcore.basics import noop, noops
 from fastai.callback.core import Callback
-from fastai.data.load import DataLoader
 from fasttransform import Pipeline
-from .core import StateKeeper, on_fit_end, check_type, is_rank0
+from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl
 from .show_graph import live_display, show_figure, figure_path
 
 # %% auto #0
@@ -31,11 +30,6 @@ def _tfms(f):
     if isinstance(f, Pipeline): return list(f.fs)
     if isinstance(f, (list, tuple)): return [t for o in f for t in _tfms(o)]
     return [f]
-
-def _base_dl(dl):
-    # fastai's `DistributedDL` (under `distrib_ctx`) wraps the user's `DataLoader` in `.dl`
-    while isinstance(getattr(dl, 'dl', None), DataLoader): dl = dl.dl
-    return dl
 
 def _n_workers(dl):
     # fastai's `DataLoader.num_workers` is always 1; the worker processes are its `fake_l`'s
@@ -75,7 +69,7 @@ class TransformScheduler(Callback):
 
     def _find(self):
         "Training transforms to schedule as `(tfm, initial value, initial as float)`; warns (once) about the others"
-        dl = _base_dl(self.dls.train)
+        dl = inner_dl(self.dls.train)
         hooks = [('after_batch', dl.after_batch)] + ([('after_item', dl.after_item)] if self.item_tfms else [])
         found,skipped,seen = [],[],set()
         for hook,f in hooks:
