@@ -8,7 +8,7 @@ import contextlib, ctypes, math, mmap, warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import check_type, check_number, check_choice, as_number_vector
+from .checks import check_type, check_number, check_choice, as_number_vector
 
 # %% auto #0
 __all__ = ['LDS_KERNELS', 'LDS_REWEIGHTS', 'get_lds_kernel_window', 'LDSBins', 'lds_bins', 'prepare_LDS_weights']
