@@ -11,10 +11,12 @@ from fastai.learner import Learner
 from fastai.callback.core import (CancelBatchException, CancelBackwardException, CancelEpochException,
     CancelFitException, CancelStepException, CancelTrainException, CancelValidException)
 from fastai.torch_core import rank_distrib, num_distrib
+from fastai.callback.schedule import LRFinder
 from .checks import check_type, check_number, check_choice, check_pct, as_number_vector  # re-exported for the callbacks
 
 # %% auto #0
-__all__ = ['StateKeeper', 'on_fit_end', 'is_rank0', 'distrib_initialized', 'distrib_barrier', 'inner_dl', 'broadcast_object']
+__all__ = ['StateKeeper', 'on_fit_end', 'is_rank0', 'distrib_initialized', 'distrib_barrier', 'inner_dl', 'broadcast_object',
+           'is_training_fit', 'warn0', 'as_float', 'recorder_names', 'recorder_row']
 
 # %% ../nbs/00_core.ipynb #81cb3308
 class StateKeeper:
@@ -94,3 +96,45 @@ def broadcast_object(obj, src:int=0):
     objs = [obj]
     torch.distributed.broadcast_object_list(objs, src=src)
     return objs[0]
+
+# %% ../nbs/00_core.ipynb #65bb00ee
+def is_training_fit(learn:Learner) -> bool:
+    "True while `learn` is in a `fit` that trains: not `lr_find`, not `validate`/`get_preds` (decided afresh at each call)"
+    if learn is None or not learn.__dict__.get('_tsai_cbs_fit_cleanups'): return False
+    if any(isinstance(cb, LRFinder) for cb in learn.cbs): return False
+    if 'gather_preds' in learn.__dict__: return False
+    lock = getattr(learn, 'lock', None)  # held by `validation_context` (`validate`, `get_preds`)
+    return not (lock is not None and hasattr(lock, 'locked') and lock.locked())
+
+# %% ../nbs/00_core.ipynb #335bbbba
+_warned = set()
+
+def warn0(msg:str, # the warning text
+          category=UserWarning, # warning class
+          once=None, # a hashable key: warn only the first time this key is met in the process
+          stacklevel:int=2): # as for `warnings.warn`, counted from the caller of `warn0`
+    "`warnings.warn(msg, category)` on rank 0 only (no-op on other ranks); with `once`, only the first time for that key. True if it warned"
+    if not is_rank0(): return False
+    if once is not None:
+        if once in _warned: return False
+        _warned.add(once)
+    warnings.warn(msg, category, stacklevel=stacklevel + 1)
+    return True
+
+# %% ../nbs/00_core.ipynb #8c86bcef
+def as_float(v) -> float:
+    "`v` as a Python float: one-element tensors and numpy scalars included; NaN where it is missing or not a number"
+    if isinstance(v, torch.Tensor): v = v.detach().item() if v.numel() == 1 else float('nan')
+    try: return float(v)
+    except (TypeError, ValueError): return float('nan')
+
+def recorder_names(recorder) -> list:
+    "Names of the values in a row of `recorder.values`: `recorder.metric_names` without `epoch` and `time`"
+    return [n for n in recorder.metric_names[1:] if n != 'time']
+
+def recorder_row(recorder, i:int=-1) -> dict:
+    "Row `i` of `recorder.values` as `{name: float}` (NaN where the row has no value for a name); `{}` before the first epoch"
+    vals = getattr(recorder, '__dict__', {}).get('values')  # a Recorder reads missing attributes from its Learner
+    if not vals: return {}
+    row = list(vals[i])
+    return {n: as_float(row[j]) if j < len(row) else float('nan') for j, n in enumerate(recorder_names(recorder))}
