@@ -150,6 +150,7 @@ def test_prepare_equals_bins_call_bit_for_bit():
     buf = io.BytesIO(); torch.save(w, buf); buf.seek(0); assert torch.equal(torch.load(buf), w)
     w.mul_(2).div_(2); assert torch.equal(w, b(big))  # in place (exact: powers of two)
     w.resize_(len(big) + 1000); assert w.shape == (len(big) + 1000,) and torch.equal(w[:len(big)], b(big))  # its storage grows
+    w[len(big):] = 0.5  # the grown part is uninitialized memory (a NaN there would make the comparisons below fail)
     assert torch.equal(torch.from_numpy(w.numpy()), w)  # (after resize_: torch pins a storage shared with numpy)
     w2 = w * 2; del w; assert torch.equal(w2[:len(big)] / 2, b(big))
     big64 = skewed(2_200_000, seed=6, dtype=np.float64)  # float64 labels, several chunks: no in-place path
