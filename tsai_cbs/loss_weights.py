@@ -125,6 +125,19 @@ def _as_weights(w, name='instance_weights'):
     if not (w > 0).any(): raise ValueError(f"`{name}` are all zero")
     return w
 
+def _split_positions(ds, n_tr):
+    "Position of each of the `n_tr` items of split dataset `ds` among all items, or None when `ds` is not a split"
+    splits, k = getattr(ds, 'splits', None), getattr(ds, 'split_idx', None)
+    if splits is None or not hasattr(splits, '__len__') or len(splits) == 0: return None
+    first = splits[0]
+    # tsai's `TSDatasets`: a subset's `splits` is the flat list of its own items
+    if isinstance(first, (int, np.integer)) and not isinstance(first, bool): part = splits
+    # fastai's `Datasets`/`TfmdLists`: one list per subset, `split_idx` says which is this one
+    elif isinstance(k, int) and 0 <= k < len(splits): part = splits[k]
+    else: return None
+    if not hasattr(part, '__len__') or len(part) != n_tr: return None  # e.g. an unsplit `Datasets` (`slice(None)`)
+    return torch.as_tensor(np.asarray(part, dtype=np.int64))
+
 def _train_positions(w, dls):
     "Index into `w` of each training item (position in `dls.train.dataset`)"
     dl = inner_dl(dls.train)
@@ -138,14 +151,11 @@ def _train_positions(w, dls):
     n_va = len(vdl.dataset) if vdl is not None and getattr(vdl, 'dataset', None) is not None else 0
     if len(w) == n_tr: return torch.arange(n_tr)
     if len(w) == n_tr + n_va and n_va:
-        ds = dl.dataset
-        splits, split_idx = getattr(ds, 'splits', None), getattr(ds, 'split_idx', None)
-        if splits is not None and split_idx is not None and len(splits[split_idx]) == n_tr:  # a fastai split (`L` or list)
-            pos = torch.as_tensor(np.asarray(splits[split_idx]), dtype=torch.long)
-            if len(pos) and (pos.min() < 0 or pos.max() >= len(w)):
-                raise ValueError(f"the training split refers to item {int(pos.max())}, beyond the {len(w)} `instance_weights`")
-            return pos
-        return torch.arange(n_tr)
+        pos = _split_positions(dl.dataset, n_tr)
+        if pos is None: return torch.arange(n_tr)
+        if len(pos) and (pos.min() < 0 or pos.max() >= len(w)):
+            raise ValueError(f"the training split refers to item {int(pos.max())}, beyond the {len(w)} `instance_weights`")
+        return pos
     raise ValueError(f"`instance_weights` has {len(w)} weights; expected {n_tr} (training set)"
                      + (f" or {n_tr + n_va} (training + validation set)" if n_va else ""))
 
