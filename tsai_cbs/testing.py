@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_testing.ipynb #2eba45b3
 from __future__ import annotations
-import os, subprocess, sys, textwrap
+import os, signal, subprocess, sys, tempfile, textwrap
 from pathlib import Path
 import torch
 from torch import nn
@@ -109,27 +109,71 @@ def patch_distributed_dl_for_cpu():
         return t.tolist()
     DistributedDL._broadcast = _broadcast
 
-# A process group still alive at interpreter exit can abort a rank ("terminate called without an active
-# exception") while gloo's threads shut down; every script ends by closing it.
-_TEARDOWN = """
-
-import torch.distributed as _dist
-if _dist.is_available() and _dist.is_initialized():
-    _dist.barrier()
-    _dist.destroy_process_group()
-"""
+# gloo's threads can abort a rank while the interpreter shuts down ("terminate called without an active
+# exception", SIGABRT), even after `destroy_process_group`, and more often on a loaded machine. So a rank never
+# shuts down: it runs the script, flushes what it wrote, says it finished, waits until every rank has, and
+# leaves with `os._exit`. The script runs in `__main__`'s namespace (its classes pickle as usual).
+_LAUNCHER = '''
+def _tsai_cbs_main(fn, done):
+    import gc, io, os, sys, time, traceback
+    from pathlib import Path
+    def leave(code): sys.stdout.flush(); sys.stderr.flush(); os._exit(code)
+    try:
+        with open(fn) as f: code = compile(f.read(), fn, 'exec')
+        exec(code, globals())
+    except SystemExit as e:
+        if e.code not in (None, 0): leave(e.code if isinstance(e.code, int) else 1)
+    except BaseException as e:
+        msg = ''.join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
+        sys.stderr.write(''.join(f"[rank{{os.environ.get('RANK')}}] {{l}}" for l in msg.splitlines(True))); leave(1)
+    gc.collect()  # closes the files nobody refers to any more; the others are flushed
+    for o in gc.get_objects():
+        if isinstance(o, io.IOBase) and not o.closed:
+            try: o.flush()
+            except Exception: pass
+    sys.stdout.flush(); sys.stderr.flush()
+    done, rank, n = Path(done), int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    (done/f'rank{{rank}}').touch()
+    deadline = time.monotonic() + {wait}
+    while len(list(done.glob('rank*'))) < n:  # no rank leaves while another may still talk to it
+        if time.monotonic() > deadline:
+            sys.stderr.write(f'rank {{rank}}: the other ranks did not finish\\n'); leave(1)
+        time.sleep(0.01)
+    leave(0)
+_tsai_cbs_main({fn!r}, {done!r})
+'''
 
 def run_distributed(script:str, # Python source run by every process
                     nproc:int=2, # number of processes
                     timeout:float=300, # seconds before the run is killed
                     cwd=None, # working directory
                     env:dict=None): # extra environment variables
-    "Run `script` under `torchrun --nproc_per_node nproc` on the CPU; returns the `CompletedProcess`"
+    "Run `script` under `torchrun --nproc_per_node nproc` on the CPU; returns the `CompletedProcess`, judged by which ranks finished"
     cwd = Path(cwd or '.')
-    fn = cwd/'_tsai_cbs_ddp_script.py'
-    fn.write_text(textwrap.dedent(script) + _TEARDOWN)
-    e = {**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': '', **(env or {})}
+    launcher = cwd/'_tsai_cbs_ddp_script.py'  # in `cwd`: the script imports from there, as `python script.py` would
     # --standalone lets the rendezvous pick a free port itself: no race between runs started side by side
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc), str(fn)]
-    try: return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
-    finally: fn.unlink(missing_ok=True)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc), str(launcher)]
+    try:
+        with tempfile.TemporaryDirectory(prefix='tsai_cbs_ddp_') as tmp:
+            # TMPDIR: what torchrun and the script put in temp folders (torchrun's logs...) goes with this one
+            e = {**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': '', 'TMPDIR': tmp, **(env or {})}
+            fn, done = Path(tmp)/'script.py', Path(tmp)/'done'
+            fn.write_text(textwrap.dedent(script)); done.mkdir()
+            launcher.write_text(_LAUNCHER.format(fn=str(fn), done=str(done), wait=float(timeout)))
+            # its own session: on a timeout the workers are killed with torchrun, not left running
+            p = subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=hasattr(os, 'killpg'))
+            try: out, err = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                if hasattr(os, 'killpg'): os.killpg(p.pid, signal.SIGKILL)
+                else: p.kill()
+                out, err = p.communicate()
+                raise subprocess.TimeoutExpired(cmd, timeout, out, err) from None
+            finished = sorted(int(f.name[4:]) for f in done.glob('rank*'))
+    finally: launcher.unlink(missing_ok=True)
+    res = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    res.torchrun_returncode, res.finished_ranks = p.returncode, finished
+    # every rank ran the script to its end: how the processes ended afterwards (and torchrun's report of it) does not count
+    if len(finished) == nproc: res.returncode = 0
+    elif res.returncode == 0: res.returncode = 1
+    return res
