@@ -130,9 +130,52 @@ def test_skipped_transforms_warn_once(in_tmp):
     np.testing.assert_allclose(ps, _expected(.2, SchedLin(1., 3.), range(8), 8))
     assert spy2.p == .2 and spy2.log == [1.] * 8
 
-def test_nothing_to_schedule_warns(in_tmp):
+def _snapshot(learn):
+    # `no_bar()` puts a new ProgressCallback back: compare the others
+    return [p.detach().clone() for p in learn.model.parameters()], learn.loss_func, _cbs(learn)
+
+def _cbs(learn): return [c for c in learn.cbs if type(c).__name__ != 'ProgressCallback']
+
+def _untouched(learn, snap):
+    "No optimizer step, nothing of the Learner changed"
+    params, lf, cbs = snap
+    assert all(torch.equal(a, b) for a, b in zip(params, learn.model.parameters()))
+    assert learn.opt is None or not any('step' in learn.opt.state.get(p, {}) for p in learn.model.parameters())
+    assert learn.loss_func is lf and _cbs(learn) == cbs
+
+def test_nothing_to_schedule_is_an_error(in_tmp):
+    "Was a warning, and a fit with nothing scheduled"
     learn = synth_learner(cbs=TransformScheduler(SchedLin(1., 2.)))
-    with pytest.warns(UserWarning, match='nothing to schedule'): _fit(learn, 1)
+    snap = _snapshot(learn)
+    with pytest.raises(ValueError, match="no `after_batch` or `after_item` transforms: nothing to schedule"): _fit(learn, 1)
+    _untouched(learn, snap)
+
+def test_misspelt_attr_is_an_error_before_anything_changes(in_tmp):
+    spy = BatchSpy(.5)
+    learn = synth_learner(after_batch=Pipeline([spy, Transform(lambda x: x)]), cbs=TransformScheduler(SchedLin(1., 2.), attr='magnitud'))
+    snap = _snapshot(learn)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        with pytest.raises(ValueError, match=r"attr='magnitud'.*BatchSpy \(after_batch\), Transform \(after_batch\)\. Did you mean attr='magnitude'"):
+            _fit(learn, 1)
+    assert not [o for o in w if 'TransformScheduler' in str(o.message)]  # the error says it all
+    assert spy.log == [] and spy.magnitude == .5
+    _untouched(learn, snap)
+
+def test_zero_training_batches_as_plain_fastai(in_tmp):
+    "`drop_last` with fewer items than `bs`: plain fastai trains nothing (train_loss NaN) and validates; so does this"
+    def run(cbs):
+        spy = BatchSpy(.5)
+        learn = synth_learner(after_batch=spy, n_train=8, bs=16, drop_last=True, cbs=cbs)
+        assert len(learn.dls.train) == 0
+        _fit(learn, 2)
+        return learn, spy
+    plain, pspy = run([])
+    learn, spy = run([TransformScheduler(SchedLin(1., 2.))])
+    np.testing.assert_equal(np.array(learn.recorder.values, dtype=float), np.array(plain.recorder.values, dtype=float))
+    assert np.isnan(learn.recorder.values[0][0])
+    assert spy.log == pspy.log and spy.magnitude == .5 and learn.transform_scheduler.applied == []
+    assert all(torch.equal(a, b) for a, b in zip(learn.model.parameters(), plain.model.parameters()))
 
 @pytest.mark.parametrize('f,msg', [(lambda p: float('nan'), 'schedule_func(0.0) returned nan'),
                                    (lambda p: math.inf if p >= .5 else 1., 'schedule_func(0.5) returned inf'),
@@ -188,7 +231,7 @@ def test_item_tfms_in_workers_warn(in_tmp):
     learn = synth_learner(after_item=ItemSpy(1.), cbs=TransformScheduler(SchedLin(1., 2.)), n_train=64, n_valid=32, num_workers=1)
     with pytest.warns(UserWarning, match='worker processes'): _fit(learn, 1)
     learn = synth_learner(after_item=ItemSpy(1.), cbs=TransformScheduler(SchedLin(1., 2.), item_tfms=False), n_train=64, n_valid=32)
-    with pytest.warns(UserWarning, match='nothing to schedule'): _fit(learn, 1)
+    with pytest.raises(ValueError, match='nothing to schedule'): _fit(learn, 1)
 
 def test_no_worker_warning_without_workers(in_tmp):
     "fastai's `DataLoader.num_workers` is always 1; the worker processes are counted by its `fake_l`"

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_transform_scheduler.ipynb #ccdd114c
 from __future__ import annotations
-import math, numbers, warnings
+import difflib, math, numbers
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from fastcore.basics import noop, noops
 from fastai.callback.core import Callback
 from fasttransform import Pipeline
-from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl
+from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl, is_training_fit, warn0
 from .show_graph import live_display, show_figure, figure_path
 
 # %% auto #0
@@ -38,6 +38,15 @@ def _n_workers(dl):
 def _is_default_hook(f, dl):
     # a `DataLoader` without a given hook uses its own no-op method
     return f is None or f is noop or f is noops or getattr(f, '__self__', None) is dl
+
+def _nothing_msg(attr, tfms, skipped):
+    "The error for a `TransformScheduler` that would schedule nothing: what there is, and a close attribute name if any"
+    if not tfms: return (f"TransformScheduler(attr={attr!r}): the training DataLoader has no `after_batch` or `after_item` transforms: "
+                         "nothing to schedule")
+    names = {k for t in tfms for k, v in getattr(t, '__dict__', {}).items() if not k.startswith('_') and _as_float(v) is not None}
+    close = difflib.get_close_matches(attr, sorted(names), n=1)
+    return (f"TransformScheduler(attr={attr!r}): no training transform has a numeric `{attr}`, nothing would be scheduled; "
+            f"transforms: {', '.join(skipped)}" + (f". Did you mean attr={close[0]!r}?" if close else ''))
 
 # %% ../nbs/12_transform_scheduler.ipynb #c1741afe
 class TransformScheduler(Callback):
@@ -68,31 +77,31 @@ class TransformScheduler(Callback):
         return m
 
     def _find(self):
-        "Training transforms to schedule as `(tfm, initial value, initial as float)`; warns (once) about the others"
+        "Training transforms to schedule as `(tfm, initial value, initial as float)`; warns (once) about the others, raises if there are none"
         dl = inner_dl(self.dls.train)
         hooks = [('after_batch', dl.after_batch)] + ([('after_item', dl.after_item)] if self.item_tfms else [])
-        found,skipped,seen = [],[],set()
+        found,skipped,seen,tfms = [],[],set(),[]
         for hook,f in hooks:
             if _is_default_hook(f, dl): continue
             for t in _tfms(f):
                 if id(t) in seen or t is noop or t is noops: continue
-                seen.add(id(t))
+                seen.add(id(t)); tfms.append(t)
                 v = _as_float(getattr(t, self.attr, None))
                 if v is None: skipped.append(f"{type(t).__name__} ({hook})")
                 else:
                     found.append((t, getattr(t, self.attr), v))
                     if hook == 'after_item' and _n_workers(dl) > 0: self._warn('workers', f"TransformScheduler: `after_item` transform {type(t).__name__} runs in {_n_workers(dl)} worker processes, which only see the value of `{self.attr}` at the first batch of each epoch")
+        if not found: raise ValueError(_nothing_msg(self.attr, tfms, skipped))
         if skipped: self._warn('skipped', f"TransformScheduler: no numeric `{self.attr}`, not scheduled: {', '.join(skipped)}")
-        if not found: self._warn('none', f"TransformScheduler: no training transform has a numeric `{self.attr}`; nothing to schedule")
         return found
 
     def _warn(self, key, msg):
-        if key in self._warned: return
+        if key in self._warned: return  # once per callback (and on rank 0 only)
         self._warned.add(key)
-        warnings.warn(msg)
+        warn0(msg)
 
     def before_fit(self):
-        self.active = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
+        self.active = is_training_fit(self.learn)
         if not self.active: return
         for p in self._probe_pcts: self._mult(p)  # fail before anything is changed
         self.scheduled,self.applied,self.cur,self.mults = self._find(),[],None,None
@@ -118,7 +127,8 @@ class TransformScheduler(Callback):
             self.total,self.g0 = self.n_epoch * self.iters_per_epoch,self.epoch * self.iters_per_epoch
             # every value this fit will use, checked before the first batch
             self.mults = [self._mult(self._pct(g)) for g in range(self.g0, self.total)]
-        self._set(self.epoch * self.iters_per_epoch)
+        # no training batch at all (e.g. `drop_last` with fewer items than `bs`): nothing is scheduled, as fastai trains nothing
+        if self.iters_per_epoch: self._set(self.epoch * self.iters_per_epoch)
 
     def after_batch(self):
         if not (self.active and self.scheduled and self.training): return
