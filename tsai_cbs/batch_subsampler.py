@@ -9,7 +9,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib
 from fastcore.basics import store_attr
-from .core import check_type, check_number, check_pct, StateKeeper, on_fit_end
+from .core import check_type, check_number, check_pct, StateKeeper, on_fit_end, is_training_fit
 
 # %% auto #0
 __all__ = ['BatchSubsampler']
@@ -61,9 +61,10 @@ class BatchSubsampler(Callback):
         if any(isinstance(c, BatchSubsampler) and c is not self for c in self.learn.cbs):
             raise ValueError("use one `BatchSubsampler` per Learner: the rows kept by two would not compose in `learn.kept_rows`")
         self.keeper = StateKeeper()
-        in_fit = on_fit_end(self.learn, self.keeper.restore)
-        # fastai calls `before_fit` in `validate` and `get_preds` too, which never subsample: torch's RNG is left as it was there
-        with torch.random.fork_rng(devices=[], enabled=self.seed is None and not in_fit):
+        on_fit_end(self.learn, self.keeper.restore)
+        # fastai calls `before_fit` in `validate` and `get_preds` too, which never subsample, and `lr_find` is a trial:
+        # torch's RNG is left as it was there
+        with torch.random.fork_rng(devices=[], enabled=self.seed is None and not is_training_fit(self.learn)):
             seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()).item())  # CPU RNG: no device sync
         self._seed = seed + rank_distrib()
         self._rng, self._gens = random.Random(self._seed), {}
@@ -105,3 +106,27 @@ class BatchSubsampler(Callback):
     def __repr__(self):
         args = ', '.join(f"{k}={getattr(self, k)!r}" for k in ('sample_pct', 'step_pct', 'same_seq_len', 'update_y', 'seed'))
         return f"{type(self).__name__}({args})"
+
+# %% ../nbs/04_batch_subsampler.ipynb #de1043a3
+from fastcore.basics import patch
+from .core import warn0
+
+@patch
+def state_dict(self:BatchSubsampler) -> dict:
+    "The draws' state, for an exact resume (`SaveModel`'s state protocol): the seed in use, the range draws, each device's generator"
+    return dict(seed=getattr(self, '_seed', None), rng=self._rng.getstate() if getattr(self, '_rng', None) is not None else None,
+                gens={str(d): g.get_state() for d, g in getattr(self, '_gens', {}).items()})
+
+@patch
+def load_state_dict(self:BatchSubsampler, state:dict):
+    "Continue the draws where `state` left them (called during `fit`, once `before_fit` has made the generators)"
+    self._seed = state['seed']
+    if state['rng'] is not None:
+        v, internal, gauss = state['rng']
+        self._rng = random.Random(); self._rng.setstate((v, tuple(internal), gauss))
+    self._gens = {}
+    for d, s in state['gens'].items():
+        dev = torch.device(d)
+        if dev.type == 'cuda' and not torch.cuda.is_available():
+            warn0(f"BatchSubsampler: the saved generator of {d} is not restored (no such device here): the draws differ from the saved run")
+        else: self._gen(dev).set_state(s)
