@@ -57,7 +57,7 @@ class FDSStats:
         "Forget all statistics; the next epoch is epoch 0"
         self.epoch, self.n_features, self.live = 0, None, False
         self.running_mean = self.running_var = self.smoothed_mean = self.smoothed_var = self.tracked = None
-        self._acc, self._tables = None, {}
+        self._acc, self._scratch, self._tables = None, None, {}
 
     def _alloc(self, n_features, device):
         z = lambda v: torch.full((self.n_bins, n_features), v, dtype=torch.float64, device=device)
@@ -75,10 +75,11 @@ class FDSStats:
 
     def to(self, device):
         "Move the statistics to `device`; returns `self`"
-        for k in ('running_mean', 'running_var', 'smoothed_mean', 'smoothed_var', 'tracked', '_acc'):
+        for k in ('running_mean', 'running_var', 'smoothed_mean', 'smoothed_var', 'tracked'):
             v = getattr(self, k)
             if v is not None: setattr(self, k, v.to(device))
-        self._tables = {}
+        if self._acc is not None: self._acc = tuple(t.to(device) for t in self._acc)
+        self._scratch, self._tables = None, {}
         return self
 
 # %% ../nbs/14_fds.ipynb #bcd8fe9c
@@ -90,10 +91,19 @@ def accumulate(self:FDSStats,
     if self.epoch < self.start_update: return
     x = x.detach().reshape(len(x), -1)
     self._ready(x)
+    n, nf = x.shape
     with torch.no_grad():
-        d = x.to(torch.float64) - self.running_mean.index_select(0, idx)
-        if self._acc is None: self._acc = torch.zeros(self.n_bins, 2 * self.n_features + 1, dtype=torch.float64, device=x.device)
-        self._acc.index_add_(0, idx, torch.cat([d, d * d, d.new_ones(len(d), 1)], 1))
+        if self._acc is None: self._acc = tuple(torch.zeros(self.n_bins, k, dtype=torch.float64, device=x.device) for k in (nf, nf, 1))
+        sc = self._scratch
+        # reused buffers: on the CPU a fresh 1 MB tensor per batch costs more in page faults than the sums themselves
+        if sc is None or len(sc[0]) < n or sc[0].device != x.device:
+            sc = self._scratch = (*torch.empty(2, n, nf, dtype=torch.float64, device=x.device), torch.ones(n, 1, dtype=torch.float64, device=x.device))
+        d, d2, one = sc[0][:n], sc[1][:n], sc[2][:n]
+        torch.index_select(self.running_mean, 0, idx, out=d)
+        torch.sub(x, d, out=d)  # shifted by the bin's running mean: no cancellation far from zero
+        torch.mul(d, d, out=d2)
+        s, q, c = self._acc
+        s.index_add_(0, idx, d); q.index_add_(0, idx, d2); c.index_add_(0, idx, one)
 
 @patch
 def drop_sums(self:FDSStats):
@@ -111,9 +121,9 @@ def end_epoch(self:FDSStats,
 
 @patch
 def _fold(self:FDSStats, e, acc, reduce):
-    if acc is None: acc = torch.zeros(self.n_bins, 2 * self.n_features + 1, dtype=torch.float64, device=self.running_mean.device)
+    nf, dev = self.n_features, self.running_mean.device
+    acc = torch.zeros(self.n_bins, 2 * nf + 1, dtype=torch.float64, device=dev) if acc is None else torch.cat(acc, 1)
     if reduce is not None: reduce(acc)
-    nf = self.n_features
     s, q, n = acc[:, :nf], acc[:, nf:2 * nf], acc[:, 2 * nf]
     seen, n1 = (n > 0)[:, None], n.clamp_min(1)[:, None]
     mean = self.running_mean + s / n1
