@@ -8,7 +8,7 @@ import itertools, math, warnings
 import torch
 from fastai.callback.tracker import EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback
 from fastai.torch_core import find_bs
-from .core import check_type, check_number, check_choice, broadcast_object
+from .core import check_type, check_number, check_choice, broadcast_object, is_training_fit, recorder_names
 from .multi_loss import MultiLoss, MultiLossCallback, profile_nll, counts_mse
 from .epoch_log import EpochLog
 
@@ -82,6 +82,7 @@ class AdaptiveCountsWeight(MultiLossCallback):
     def before_fit(self):
         "Check heads and terms, add the λ columns, set the initial λ on the first `fit`"
         self._check_loss()  # before anything is changed
+        if is_training_fit(self.learn): self._check_monitors()
         if self.initialized or self.init is None: self._check_lambda()
         super().before_fit()
         if not self.run: return
@@ -89,6 +90,14 @@ class AdaptiveCountsWeight(MultiLossCallback):
         if self._in_fit and not self.initialized:
             self._initial_lambda()
             self.initialized = True
+
+    def _check_monitors(self):
+        "Every tracker's `monitor` (early stopping, LR plateau, checkpoints), checked before λ changes: they run after this callback"
+        names = recorder_names(self.recorder) + self.col_names() + [f'lambda_{h}' for h in self.targets]
+        for cb in self.learn.cbs:
+            m = getattr(cb, 'monitor', None)
+            if cb is not self and isinstance(m, str) and m not in names:
+                raise ValueError(f"{type(cb).__name__}: `monitor`={m!r} is not recorded by this Learner; available: {', '.join(names)}")
 
     def _initial_lambda(self):
         if self.init is None: return

@@ -103,6 +103,9 @@ class MultiLoss:
     def __call__(self, pred, *targets, reduction='mean'):
         if reduction != 'mean': raise ValueError(f"MultiLoss returns the mean loss only, got reduction={reduction!r} (`get_preds(with_loss=True)` is not supported)")
         several, raws, total = len(self.terms) > 1, [], 0.
+        if several and isinstance(pred, torch.Tensor):  # `pred[i]` would be sample i, silently, when bs >= the number of heads
+            raise TypeError(f"MultiLoss has {len(self.terms)} heads ({', '.join(self.terms)}) but the model returned one tensor of shape "
+                            f"{tuple(pred.shape)}: return one output per head (a tuple or list in head order, or a dict keyed by head)")
         for i, (h, ts) in enumerate(self.terms.items()):
             p = self._pick(pred, h, i, self.preds, several)
             ys = self._pick(targets, h, i, self.targets, several and len(targets) == len(self.terms))
