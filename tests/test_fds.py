@@ -184,6 +184,22 @@ def test_stats_follow_the_batch_device_and_dtype():
     with pytest.raises(ValueError, match='ks'): FDSStats(2, fds_kernel_window('triang', 5))
 
 
+@pytest.mark.parametrize('kind', ['float32', 'float64', 'int64', 'float32 labels, float64 bins'])
+def test_batch_binning_is_the_lds_rule(kind):
+    "The hook's lean binning gives exactly `LDSBins.bin_index`, out-of-range, NaN and edge labels included"
+    from tsai_cbs.fds import _bin_index
+    g = torch.Generator().manual_seed(0)
+    if kind == 'int64': train, y = torch.randint(0, 40, (500,), generator=g), torch.randint(-5, 50, (300,), generator=g)
+    else:
+        dt = torch.float64 if kind == 'float64' else torch.float32
+        train = (torch.randn(500, generator=g) * 3).exp().to(dt)
+        y = torch.cat([(torch.randn(300, generator=g) * 4).exp(), torch.tensor([float('nan'), float('inf'), -float('inf'), 0., -1.])]).to(dt)
+        y = torch.cat([y, train[:50]])  # the very values the bins were made from (edges included)
+        if kind.startswith('float32 labels'): train = train.double()
+    bins = lds_bins(train, reweight='none')
+    assert torch.equal(_bin_index(bins, y), bins.bin_index(y))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The callback
 
@@ -437,3 +453,47 @@ def test_ddp_statistics_are_reduced_over_ranks(in_tmp):
         ref.end_epoch(torch.cat([x for x, _ in rows]), torch.cat([i for _, i in rows]), e)
     assert r0['stats']['tracked'].sum() == 2 * 128
     close(r0['stats']['running_mean'], ref.rm, 'running mean'); close(r0['stats']['running_var'], ref.rv, 'running var')
+
+
+# -- no host reads per batch (CPU stand-in for a GPU sync check; benchmarks/fds.py checks on CUDA) ----------------------
+
+from torch.overrides import TorchFunctionMode
+
+class HostReads(TorchFunctionMode):
+    "Tensor ops that make the host wait for a GPU: values read back, data-dependent shapes"
+    NAMES = {'item', 'tolist', 'numpy', '__array__', '__bool__', '__int__', '__float__', '__index__', 'cpu', 'nonzero',
+             'unique', 'unique_consecutive', 'masked_select', 'argwhere'}
+    def __init__(self): super().__init__(); self.seen = []
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', str(func))
+        if name in self.NAMES: self.seen.append(name)
+        elif name in ('__getitem__', '__setitem__') and any(isinstance(a, torch.Tensor) and a.dtype == torch.bool
+                                                            for a in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+            self.seen.append(f'{name}[bool mask]')
+        return func(*args, **(kwargs or {}))
+
+class Watch(Callback):
+    "Watch each training batch from the first before_batch to the last after_loss; `control` reads a value back"
+    order = -10**6
+    def __init__(self, control=False): self.control, self.seen = control, []
+    def before_batch(self):
+        if not self.training: return
+        self.mode = HostReads(); self.mode.__enter__()
+        if self.control: self.x.sum().item()
+class Unwatch(Callback):
+    order = 10**6
+    def after_loss(self):
+        mode = self.watch.__dict__.pop('mode', None)
+        if mode is not None: mode.__exit__(None, None, None); self.watch.seen += mode.seen
+
+@pytest.mark.parametrize('config', ['control', 'reference timing', 'lag=False', 'with BatchSubsampler'])
+def test_no_host_reads_per_batch(config):
+    "Every training batch of 3 epochs (gathering, then calibrating) runs FDS's hook without a value read back to the host"
+    from tsai_cbs.batch_subsampler import BatchSubsampler
+    cbs = {'control': [FDS()], 'reference timing': [FDS()], 'lag=False': [FDS(lag=False, start_smooth=0)],
+           'with BatchSubsampler': [FDS(lag=False, start_smooth=0), BatchSubsampler(sample_pct=(.5, 1.), seed=0)]}[config]
+    learn = synth_learner(cbs=cbs + [Watch(config == 'control'), Unwatch()], n_train=128, n_valid=32)
+    with learn.no_bar(), learn.no_logging(): learn.fit(3)
+    assert learn.fds.stats.calibrating
+    if config == 'control': assert learn.watch.seen == ['item'] * 12
+    else: assert learn.watch.seen == [], sorted(set(learn.watch.seen))

@@ -302,6 +302,11 @@ class FDS(Callback):
 # %% ../nbs/14_fds.ipynb #190b3fab
 def _all_reduce(t): torch.distributed.all_reduce(t)
 
+def _bin_index(bins, y):
+    "int64 bins of the labels `y` by `bins`' rule: `LDSBins.bin_index` in five ops, without its checks and chunking (a third of its time on a batch)"
+    t = y.to(bins.dtype) if y.dtype != bins.dtype else y
+    return torch.sub(t, bins.lo).mul_(bins.scale).nan_to_num_(nan=0.).clamp_(0, bins.n_bins - 1).long()
+
 def _plain(t): return t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor)
 
 @patch
@@ -314,7 +319,7 @@ def _apply(self:FDS, x):
     if y is None or y.shape[:1] != x.shape[:1] or (y.ndim > 1 and y[0].numel() != 1):
         raise RuntimeError(f"FDS needs one label per sample: features of shape {tuple(x.shape)} but target "
                            f"{tuple(y.shape) if y is not None else type(yb[0]).__name__ if len(yb) else 'missing'}")
-    idx = self._layout.bin_index(y.reshape(-1))
+    idx = _bin_index(self._layout, y.reshape(-1))
     if idx.device != x.device: idx = idx.to(x.device, non_blocking=True)
     xp = _plain(x)
     self.stats.accumulate(xp, idx)

@@ -1,0 +1,201 @@
+"""Benchmark: per-batch cost of `FDS` (feature distribution smoothing) over a bare training step, for feature sizes
+64 to 1024, measured in the same run.
+
+    python benchmarks/fds.py            # CPU, and the GPU too when CUDA is available (GPU part < 1 min)
+    python benchmarks/fds.py --quick    # fewer rounds
+    python benchmarks/fds.py --cpu      # CPU only
+
+What is timed: the training phase of one epoch (fastai's `before_train` to the end of every callback's `after_train`,
+CUDA synchronized at both ends), divided by its number of batches: everything a training step does, FDS's hook on
+every batch (bin the targets, add the features to the per-bin sums, calibrate them) and its end-of-epoch work
+(statistics update and smoothing) spread over the epoch's batches. `FDS(start_smooth=0, lag=False)` after a warm-up
+epoch, so every timed batch does the full work (sums and calibration). The bare fit and the FDS fit (same model
+weights, same batches) run in turns, round after round; the median per configuration is printed, and the extra time
+as a fraction of the bare step (negative values are noise), and the same for the fastest epoch of each (less sensitive
+to other processes on a shared machine). A second column times FDS's per-batch work alone (its hook on one batch:
+binning, sums, calibration), best of 9 loops of 100 calls, as a fraction of the bare step's median.
+
+Models, batch 128, input (3, 64), labels with a long tail (LDS's Rice rule gives the bins), F the feature size entering
+the head:
+- `mlp`: Flatten, Linear(192, F), ReLU, Linear(F, F), ReLU, Linear(F, 1): the cheapest model with F features, so the
+  hardest case for the ratio;
+- `cnn`: the project's SynthModel body widened to 64 channels (two Conv1d(k=5) + ReLU, mean over steps), then
+  Linear(64, F), ReLU, Linear(F, 1): a small but typical time-series regressor.
+The target of issue 13: under 3% of the step on the CPU at F = 256, batch 128.
+
+GPU part (CUDA only): the same models on the GPU, batch 128 and 512, F 64..1024, plus a check that FDS's per-batch
+work makes no host-device sync (`torch.cuda.set_sync_debug_mode('error')` from the first `before_batch` to the last
+`after_loss` of every training batch, with a control that does sync).
+"""
+import math, os, statistics, sys, time
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+import warnings
+warnings.filterwarnings('ignore', category=FutureWarning)
+import torch
+from torch import nn
+from fastai.callback.core import Callback
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.learner import Learner
+from fastai.losses import MSELossFlat
+from fastai.optimizer import Adam
+from fastai.torch_core import set_seed
+import fastai.callback.progress  # noqa: F401  (`no_bar`)
+from fastcore.basics import chunked
+from tsai_cbs.fds import FDS
+
+FEATURES = (64, 128, 256, 512, 1024)
+
+
+class TensorBatchDL(DataLoader):
+    "A fastai `DataLoader` over `(X, y)` tensors that gathers each batch with one indexing op"
+    def __init__(self, X, y, **kwargs):
+        super().__init__(dataset=list(range(len(X))), **kwargs)
+        self.X, self.y = X, y
+    def create_batches(self, samps):
+        for b in chunked(samps, self.bs, self.drop_last):
+            i = torch.as_tensor(b, device=self.X.device)
+            yield self.X[i], self.y[i]
+
+
+class TrainTimer(Callback):
+    "Wall time of each epoch's training phase (after every callback's `after_train`), per batch"
+    order = 10**6
+    def __init__(self): self.per_batch = []
+    def _sync(self):
+        if torch.cuda.is_available(): torch.cuda.synchronize()
+    def before_epoch(self): self._sync(); self.t0, self.n = time.perf_counter(), 0
+    def after_batch(self):
+        if self.training: self.n += 1
+    def after_train(self):
+        self._sync(); self.per_batch.append((time.perf_counter() - self.t0) / max(self.n, 1))
+
+
+class Body(nn.Module):
+    def __init__(self, width=64):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv1d(3, width, 5, padding=2), nn.ReLU(), nn.Conv1d(width, width, 5, padding=2), nn.ReLU())
+    def forward(self, x): return self.conv(x).mean(-1)
+
+
+def model(kind, nf):
+    body = [nn.Flatten(), nn.Linear(3 * 64, nf), nn.ReLU()] if kind == 'mlp' else [Body(64)]
+    width = nf if kind == 'mlp' else 64
+    return nn.Sequential(*body, nn.Linear(width, nf), nn.ReLU(), nn.Linear(nf, 1), nn.Flatten(0))
+
+
+def make_data(n, device):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 3, 64, generator=g)
+    y = torch.exp(X.mean(-1).sum(-1) * 4 + 0.1 * torch.randn(n, generator=g))  # long-tailed labels
+    return X.to(device), y.to(device)
+
+
+def clock(f, device, n=100, repeats=9):
+    "Best of `repeats` loops of `n` calls (the least disturbed by other processes), per call"
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    for _ in range(10): f()
+    best = math.inf
+    for _ in range(repeats):
+        sync(); t0 = time.perf_counter()
+        for _ in range(n): f()
+        sync(); best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def hook_alone(learn, fds, xb, yb, device):
+    "FDS's per-batch work alone: its hook on one batch's features (binning, sums, calibration)"
+    feats = {}
+    h = fds._handle  # None after fit: hook the head input again for one forward to get real features
+    head = [m for m in learn.model.modules() if isinstance(m, nn.Linear)][-1]
+    hh = head.register_forward_pre_hook(lambda m, a: feats.__setitem__('x', a[0].detach()))
+    with torch.no_grad(): learn.model(xb)
+    hh.remove()
+    learn.yb = (yb,)
+    x = feats['x'].requires_grad_()
+    return clock(lambda: fds._apply(x), device)
+
+
+def run(device, kind, bs, rounds, n_batches=16):
+    n_train = bs * n_batches
+    X, y = make_data(n_train + bs, device)
+    dls = DataLoaders(TensorBatchDL(X[:n_train], y[:n_train], bs=bs, shuffle=True, drop_last=True, device=device),
+                      TensorBatchDL(X[n_train:], y[n_train:], bs=bs, device=device), device=device)
+    rows = []
+    for nf in FEATURES:
+        set_seed(0)
+        m = model(kind, nf).to(device)
+        init = {k: v.clone() for k, v in m.state_dict().items()}
+        fds = FDS(labels=y[:n_train].cpu(), start_smooth=0, lag=False)
+        learners = {}
+        for name, cbs in (('bare', []), ('fds', [fds])):
+            learners[name] = (Learner(dls, m, loss_func=MSELossFlat(), opt_func=Adam, lr=1e-4, cbs=cbs), TrainTimer())
+        times = {k: [] for k in learners}
+        for r in range(rounds + 1):  # round 0 warms up, and gives FDS its first statistics
+            for name, (learn, timer) in learners.items():
+                m.load_state_dict(init)
+                with learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=timer)
+                if r: times[name].append(timer.per_batch[-1])
+        assert fds.stats.calibrating
+        bare, bare_min = statistics.median(times['bare']), min(times['bare'])
+        t, t_min = statistics.median(times['fds']), min(times['fds'])
+        learn = learners['fds'][0]
+        learn.training = True
+        alone = hook_alone(learn, fds, X[:bs], y[:bs], device)
+        rows.append((nf, bare, t, bare_min, t_min, alone))
+    print(f"\n{device.upper()} {kind}, batch {bs}, input (3, 64), {n_batches} batches per epoch, {fds.stats.n_bins} bins, "
+          f"median of {rounds} epochs per configuration")
+    print(f"{'F':>6}{'bare us/batch':>15}{'FDS us/batch':>14}{'extra / bare':>14}{'| best epoch':>13}{'extra / bare':>14}"
+          f"{'| hook alone us':>16}{'/ bare':>9}")
+    for nf, bare, t, bare_min, t_min, alone in rows:
+        print(f"{nf:>6}{bare * 1e6:>15.1f}{t * 1e6:>14.1f}{(t - bare) / bare:>14.2%}{t_min * 1e6:>13.1f}"
+              f"{(t_min - bare_min) / bare_min:>14.2%}{alone * 1e6:>16.1f}{alone / bare:>9.2%}")
+    return rows
+
+
+def sync_check():
+    "FDS's per-batch work makes no host-device sync (CUDA): a fit with sync debug mode 'error' in each batch's window"
+    mode = torch.cuda.set_sync_debug_mode
+    class SyncOn(Callback):
+        order = -10**6
+        def before_batch(self):
+            if self.training: mode('error')
+    class SyncOff(Callback):
+        order = 10**6
+        def after_loss(self): mode('default')
+        def after_cancel_batch(self): mode('default')
+    class Syncs(Callback):
+        def before_batch(self): self.v = self.x.sum().item()
+    X, y = make_data(128 * 8 + 128, 'cuda')
+    dls = DataLoaders(TensorBatchDL(X[:1024], y[:1024], bs=128, shuffle=True, device='cuda'),
+                      TensorBatchDL(X[1024:], y[1024:], bs=128, device='cuda'), device='cuda')
+    ok = True
+    for name, cbs, expect_fail in (('control (.item() in before_batch)', [Syncs()], True), ('bare fit', [], False),
+                                   ('FDS (reference timing)', [FDS(labels=y[:1024].cpu())], False),
+                                   ('FDS (lag=False, start_smooth=0)', [FDS(labels=y[:1024].cpu(), lag=False, start_smooth=0)], False)):
+        learn = Learner(dls, model('cnn', 256).cuda(), loss_func=MSELossFlat(), opt_func=Adam, cbs=cbs + [SyncOn(), SyncOff()])
+        try:
+            with learn.no_bar(), learn.no_logging(): learn.fit(3)  # epoch 2 calibrates with the reference timing
+            err = None
+        except RuntimeError as e: err = e
+        finally: mode('default')
+        good = (err is not None) == expect_fail
+        ok &= good
+        print(f"  {name:<36} {'sync caught' if err else 'no sync'}: {'ok' if good else 'FAIL'}")
+    return ok
+
+
+def main():
+    quick, cpu_only = '--quick' in sys.argv, '--cpu' in sys.argv
+    torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+    print(f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, torch threads {torch.get_num_threads()}")
+    for kind in ('mlp', 'cnn'): run('cpu', kind, 128, rounds=3 if quick else 7)
+    if torch.cuda.is_available() and not cpu_only:
+        for bs in (128, 512): run('cuda', 'cnn', bs, rounds=3 if quick else 5)
+        run('cuda', 'mlp', 512, rounds=3 if quick else 5)
+        print("\nCUDA sync check (set_sync_debug_mode('error') from before_batch to after_loss):")
+        if not sync_check(): sys.exit(1)
+    elif not cpu_only: print("\nCUDA not available: GPU part skipped")
+
+
+if __name__ == '__main__': main()
