@@ -6,7 +6,7 @@
 __all__ = ['ShowGraphCallback2']
 
 # %% ../nbs/99_all.ipynb #e09f63c1
-from . import lds, loss_weights, batch_subsampler, save_model, multi_loss, trackers, adaptive_loss, epoch_log, show_graph, transform_scheduler, stop_after
+from . import lds, loss_weights, batch_subsampler, save_model, multi_loss, trackers, adaptive_loss, epoch_log, show_graph, transform_scheduler, stop_after, fds
 from .lds import *
 from .loss_weights import *
 from .batch_subsampler import *
@@ -18,13 +18,14 @@ from .epoch_log import *
 from .show_graph import *
 from .transform_scheduler import *
 from .stop_after import *
+from .fds import *
 
 # %% ../nbs/99_all.ipynb #2a69c0ab
 _modules = (lds, loss_weights, batch_subsampler, save_model, multi_loss, trackers, adaptive_loss, epoch_log,
-            show_graph, transform_scheduler, stop_after)
+            show_graph, transform_scheduler, stop_after, fds)
 # shared by the callbacks and kept in their modules, but left out of `import *`: their names are fastcore's (`atomic_save`)
 # or too generic to take over in a user's namespace
-_helpers = {'tsai_cbs.lds': ('LDS_KERNELS', 'LDS_REWEIGHTS'),
+_helpers = {'tsai_cbs.lds': ('LDS_KERNELS', 'LDS_REWEIGHTS'), 'tsai_cbs.fds': ('FDS_KERNELS',),
             'tsai_cbs.save_model': ('atomic_write', 'atomic_save', 'get_rng_state', 'set_rng_state', 'STATE_VERSION', 'STATE_ADAPTERS',
                                     'CheckpointWriter', 'callback_states', 'match_callback_states', 'load_callback_states'),
             'tsai_cbs.show_graph': ('live_display', 'figure_path', 'show_figure')}
