@@ -361,7 +361,8 @@ def test_state_dict_resume_equals_uninterrupted(in_tmp):
     with la.no_bar(), la.no_logging(): la.fit(4)
     b = FDS(); lb = make(b)
     with lb.no_bar(), lb.no_logging(): lb.fit(2)
-    state = pickle.loads(pickle.dumps(b.state_dict()))
+    torch.save(b.state_dict(), in_tmp/'fds.pt')
+    state = torch.load(in_tmp/'fds.pt', weights_only=True)  # plain numbers, strings and tensors: as SaveModel reads checkpoints
     lb.save('m2')
     c = FDS(); lc = make(c); lc.load('m2')
     c.load_state_dict(state)
@@ -373,6 +374,27 @@ def test_state_dict_resume_equals_uninterrupted(in_tmp):
     with pytest.raises(TypeError, match='state'): FDS().load_state_dict([1])
     fresh = FDS(); fresh.load_state_dict(FDS().state_dict())
     assert fresh.stats is None
+
+
+def test_save_model_resume_after_a_crash_equals_uninterrupted(in_tmp):
+    "SaveModel(resume=True) saves and restores FDS's state: a run that crashed after epoch 2 and resumed ends like fit(4)"
+    from tsai_cbs.save_model import SaveModel
+    class Crash(Callback):
+        order = 10**6
+        def after_epoch(self):
+            if self.epoch == 1: raise RuntimeError('crash')
+    def make(cbs): return synth_learner(cbs=cbs, n_train=128, n_valid=32, path=in_tmp)
+    a = FDS(); la = make([a])
+    with la.no_bar(), la.no_logging(): la.fit(4)
+    b = FDS(); lb = make([b, SaveModel(resume=True, with_opt=True), Crash()])
+    with lb.no_bar(), lb.no_logging(), pytest.raises(RuntimeError, match='crash'): lb.fit(4)
+    assert b.stats.epoch == 2 and not lb.model.head._forward_pre_hooks
+    c = FDS(); lc = make([c, SaveModel(resume=True, with_opt=True)])
+    with lc.no_bar(), lc.no_logging(): lc.fit(4)
+    assert c.stats.epoch == 4
+    for k in ('running_mean', 'running_var', 'smoothed_mean', 'smoothed_var', 'tracked'):
+        assert torch.equal(getattr(c.stats, k), getattr(a.stats, k)), k
+    assert lc.recorder.values[-1] == la.recorder.values[-1]
 
 
 def test_composes_with_lds_weighted_loss_and_batch_subsampler():

@@ -337,12 +337,25 @@ def _hook(self:FDS, module, args, output):
     return self._apply(output)
 
 # %% ../nbs/14_fds.ipynb #35cae05c
+_BINS_FIELDS = ('lo', 'hi', 'n_bins', 'scale', 'counts', 'smoothed', 'weights', 'reweight', 'lds_kernel', 'lds_ks', 'lds_sigma', 'max_rel_weight')
+
+def _bins_state(bins):
+    "An `LDSBins` as plain numbers, strings and CPU tensors (checkpoints are read with `torch.load(weights_only=True)`)"
+    st = {k: getattr(bins, k) for k in _BINS_FIELDS}
+    st.update(counts=bins.counts.cpu(), smoothed=bins.smoothed.cpu(), weights=bins.weights.cpu(), dtype=str(bins.dtype).split('.')[-1])
+    return st
+
+def _bins_from_state(st):
+    if not isinstance(st, dict) or not set(_BINS_FIELDS) <= set(st):
+        raise ValueError("`state['bins']` is not the bins of an FDS state")
+    kw = {k: st[k] for k in _BINS_FIELDS}
+    return LDSBins(**kw, dtype=getattr(torch, st['dtype']))
+
 @patch
 def state_dict(self:FDS) -> dict:
-    "Statistics, epoch count and bins (tensors on the CPU)"
+    "Statistics, epoch count and bins, as plain numbers and CPU tensors"
     bins = self.bins or self._layout
-    return dict(stats=None if self.stats is None else self.stats.state_dict(),
-                bins=None if bins is None else copy.copy(bins).to('cpu'))
+    return dict(stats=None if self.stats is None else self.stats.state_dict(), bins=None if bins is None else _bins_state(bins))
 
 @patch
 def load_state_dict(self:FDS, state:dict):
@@ -350,7 +363,7 @@ def load_state_dict(self:FDS, state:dict):
     check_type('state', state, dict)
     if 'stats' not in state or 'bins' not in state: raise ValueError(f"`state` is not an FDS state: keys {sorted(state)}")
     bins, st = state['bins'], state['stats']
-    if bins is not None: check_type("state['bins']", bins, LDSBins)
+    if bins is not None: bins = _bins_from_state(bins)
     if self.bins is not None and bins is not None and self.bins.n_bins != bins.n_bins:
         raise ValueError(f"`state` has {bins.n_bins} bins, this FDS's `bins` {self.bins.n_bins}")
     stats = None
