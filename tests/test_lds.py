@@ -234,24 +234,76 @@ def test_bad_parameters_name_themselves(kw, exc, name):
 
 # --- kernel window ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('ks,sigma', [(9, 1), (5, 1), (9, 2), (17, 2), (3, 0.5), (1, 1)])
-def test_gaussian_window_matches_scipy_when_it_fits(ks, sigma):
+def paper_window(kernel, ks, sigma):
+    "The paper's `get_lds_kernel_window`, written out with scipy (the reference the module must equal)"
+    h = (ks - 1) // 2
+    if kernel == 'gaussian':
+        g = gaussian_filter1d(np.r_[np.zeros(h), 1., np.zeros(h)], sigma=sigma)
+        return g / max(g)
+    if kernel == 'triang': return triang(ks)
+    lap = [np.exp(-abs(x) / sigma) / (2. * sigma) for x in np.arange(-h, h + 1)]
+    return np.asarray(lap) / max(lap)
+
+
+@pytest.mark.parametrize('ks,sigma', [(9, 1), (5, 1), (9, 2), (17, 2), (3, 0.5), (1, 1), (5, 2)])
+def test_gaussian_window_is_scipys_and_the_analytic_one_an_option(ks, sigma):
     w = get_lds_kernel_window('gaussian', ks, sigma)
+    np.testing.assert_array_equal(w, paper_window('gaussian', ks, sigma))
+    assert w.max() == 1 and w[(ks - 1) // 2] == 1 and len(w) == ks and np.array_equal(w, w[::-1])
     k = np.arange(ks) - (ks - 1) // 2
-    np.testing.assert_allclose(w, np.exp(-k**2 / (2 * sigma**2)), rtol=1e-15)
-    assert w.max() == 1 and w[(ks - 1) // 2] == 1 and len(w) == ks and np.allclose(w, w[::-1])
-    if int(4 * sigma + 0.5) <= (ks - 1) // 2:
-        d = np.eye(ks)[(ks - 1) // 2]
-        np.testing.assert_allclose(w, gaussian_filter1d(d, sigma) / gaussian_filter1d(d, sigma).max(), rtol=1e-12)
+    wa = get_lds_kernel_window('gaussian_analytic', ks, sigma)
+    np.testing.assert_allclose(wa, np.exp(-k**2 / (2 * sigma**2)), rtol=1e-15)
+    if int(4 * sigma + 0.5) <= (ks - 1) // 2: np.testing.assert_allclose(w, wa, rtol=1e-12)  # scipy's kernel fits: the same
+    else: assert np.all(w[k != 0] > wa[k != 0])  # scipy reflects its tails back in: flatter
+
+
+@pytest.mark.parametrize('kernel', ['gaussian', 'laplace'])
+def test_windows_are_the_papers_on_a_grid(kernel):
+    "Bit for bit the paper's window for every ks and sigma on a grid (scipy's reflected gaussian tails included)"
+    sigmas = [0.05, 0.124, 0.125, 0.2, 0.37, 0.5, 0.75, 1, 1.2, 1.5, 2, 2.5, 3, 3.3, 4, 5, 8, 12.5, 30, 100, 1e3, 2e4]
+    for ks in [1, 3, 5, 7, 9, 11, 13, 17, 25, 41, 101]:
+        for sigma in sigmas:
+            w = get_lds_kernel_window(kernel, ks, sigma)
+            np.testing.assert_array_equal(w, paper_window(kernel, ks, sigma), err_msg=f'{kernel} ks={ks} sigma={sigma}')
+            assert w.dtype == np.float64 and w.shape == (ks,) and w.max() == 1 and np.array_equal(w, w[::-1])
+
+
+def test_paper_default_window_changes_the_weights():
+    "The paper's own default (ks=5, sigma=2): reflected tails; weights differ from the analytic window's"
+    y = skewed(5000, seed=9)
+    assert not torch.equal(prepare_LDS_weights(y, lds_ks=5, lds_sigma=2, show_plot=False),
+                           prepare_LDS_weights(y, lds_kernel='gaussian_analytic', lds_ks=5, lds_sigma=2, show_plot=False))
+    assert 'gaussian_analytic(ks=5, sigma=2)' in repr(lds_bins(y, lds_kernel='gaussian_analytic', lds_ks=5, lds_sigma=2))
+
+
+def test_gaussian_window_for_huge_sigmas_is_flat():
+    "Beyond a radius of 2**20 taps the window is its flat limit; scipy's own result there is flat to within 3e-9 (ks 5) and 1e-12 (ks 9)"
+    s = (2**20 - 0.5) / 4  # the largest sigma still computed tap by tap
+    for ks in (5, 9):
+        np.testing.assert_array_equal(get_lds_kernel_window('gaussian', ks, s), paper_window('gaussian', ks, s))
+        np.testing.assert_allclose(paper_window('gaussian', ks, s), np.ones(ks), rtol=3e-9)
+        np.testing.assert_array_equal(get_lds_kernel_window('gaussian', ks, 2**18 + 1), np.ones(ks))
 
 
 @pytest.mark.parametrize('ks', [1, 3, 5, 9, 15])
 def test_triang_and_laplace_windows(ks):
-    np.testing.assert_allclose(get_lds_kernel_window('triang', ks), triang(ks), rtol=1e-15)
+    np.testing.assert_array_equal(get_lds_kernel_window('triang', ks), triang(ks))
     k = np.abs(np.arange(ks) - (ks - 1) // 2)
     w = get_lds_kernel_window('laplace', ks, 1.5)
     np.testing.assert_allclose(w, np.exp(-k / 1.5), rtol=1e-15)
     assert w.max() == 1 and w.dtype == np.float64
+
+
+def test_smoothing_is_scipys_convolve1d_bit_for_bit():
+    "The smoothed counts are scipy's convolve1d(counts, window, mode='constant') exactly, as in the paper and tsai"
+    y = skewed(30_000, seed=10)
+    for kw in (dict(), dict(lds_ks=5, lds_sigma=2), dict(lds_kernel='triang', lds_ks=7), dict(lds_kernel='laplace', lds_ks=11, lds_sigma=3),
+               dict(reweight='sqrt_inv', lds_ks=5, lds_sigma=2), dict(n_bins=300, lds_ks=21, lds_sigma=4)):
+        b = lds_bins(y, **kw)
+        c = b.counts.double().numpy()
+        if kw.get('reweight') == 'sqrt_inv': c = np.sqrt(c)
+        win = paper_window(kw.get('lds_kernel', 'gaussian'), kw.get('lds_ks', 9), kw.get('lds_sigma', 1))
+        np.testing.assert_array_equal(b.smoothed.numpy(), convolve1d(c, win, mode='constant'))
 
 
 # --- LDSBins object, devices, plots ----------------------------------------------------------------------
@@ -453,3 +505,133 @@ def test_huge_page_advice_is_optional(monkeypatch):
     ref = prepare_LDS_weights(y, show_plot=False)
     monkeypatch.setattr(lds, '_madvise', None)
     assert torch.equal(prepare_LDS_weights(y, show_plot=False), ref)
+
+
+# --- the paper's 'inverse' -------------------------------------------------------------------------------
+
+def paper_agedb_weights(ages, reweight, kernel='gaussian', ks=5, sigma=2, max_target=121, clip=(5, 1000)):
+    "The paper's `_prepare_weights` (AgeDB/IMDB-WIKI) with LDS, restated: integer bins 0..max_target-1, the top one taking all above"
+    b = np.minimum(ages.astype(np.int64), max_target - 1)
+    counts = np.bincount(b, minlength=max_target)  # int64
+    if reweight == 'sqrt_inv': counts = np.sqrt(counts)
+    elif reweight == 'inverse': counts = np.clip(counts, *clip)  # every bin, empty ones included; still integers
+    smoothed = convolve1d(counts, paper_window(kernel, ks, sigma), mode='constant')  # integer in, integer out: truncated
+    w = np.array([np.float32(1 / x) for x in smoothed[b]])
+    return w * (len(w) / np.sum(w))
+
+
+@pytest.mark.parametrize('reweight', ['inverse', 'sqrt_inv'])
+@pytest.mark.parametrize('kernel,ks,sigma', [('gaussian', 5, 2), ('gaussian', 9, 1), ('triang', 5, 1), ('laplace', 5, 2)])
+def test_paper_reweighting_on_integer_ages(reweight, kernel, ks, sigma):
+    "The paper's 'inverse' (counts clipped to [5, 1000], integer smoothing) and 'sqrt_inv', with its bins: ages 0..120"
+    rng = np.random.default_rng(11)
+    ages = np.clip(np.r_[rng.normal(35, 9, 20_000), rng.normal(70, 6, 400), rng.uniform(0, 118, 30)], 0, 130).astype(np.int64)
+    w = prepare_LDS_weights(ages, n_bins=121, label_range=(-0.5, 120.5), reweight=reweight, lds_kernel=kernel, lds_ks=ks,
+                            lds_sigma=sigma, show_plot=False)
+    ref = paper_agedb_weights(ages, reweight, kernel, ks, sigma)
+    np.testing.assert_allclose(w.numpy(), ref, rtol=2e-6)
+    if reweight == 'inverse':
+        b = lds_bins(ages, n_bins=121, label_range=(-0.5, 120.5), reweight='inverse', lds_kernel=kernel, lds_ks=ks, lds_sigma=sigma)
+        assert torch.equal(b.smoothed, b.smoothed.trunc()) and b.smoothed.min().item() >= 5  # integers, from counts >= 5
+        assert 'inverse_clip=(5, 1000)' in repr(b)
+
+
+def test_inverse_clip_and_how_inv_differs():
+    "'inv' is the unclipped, untruncated inverse; 'inverse' the paper's; the clip range is a parameter"
+    rng = np.random.default_rng(12)
+    ages = np.r_[rng.integers(20, 60, 50_000), rng.integers(80, 100, 40)]
+    kw = dict(n_bins=121, label_range=(-0.5, 120.5), lds_ks=5, lds_sigma=2, show_plot=False)
+    inv, paper = prepare_LDS_weights(ages, **kw), prepare_LDS_weights(ages, reweight='inverse', **kw)
+    rare, common = ages >= 80, ages < 60
+    # the paper caps each count at 1000 before smoothing: the rare-to-common ratio is much smaller than with 'inv'
+    assert (inv[rare].max() / inv[common].min()) > 3 * (paper[rare].max() / paper[common].min())
+    np.testing.assert_allclose(prepare_LDS_weights(ages, reweight='inverse', inverse_clip=(1, 10), **kw).numpy(),
+                               paper_agedb_weights(ages, 'inverse', clip=(1, 10)), rtol=2e-6)
+    # no clipping at all: 'inverse' smooths as 'inv' does, then truncates (the paper's integer arithmetic)
+    kb = dict(n_bins=121, label_range=(-0.5, 120.5), lds_ks=5, lds_sigma=2)
+    assert torch.equal(lds_bins(ages, reweight='inverse', inverse_clip=(0, math.inf), **kb).smoothed, lds_bins(ages, **kb).smoothed.trunc())
+    for bad in [(5,), (10, 5), (-1, 5), ('a', 5), (math.nan, 5), 5]:
+        with pytest.raises((ValueError, TypeError), match='inverse_clip'): prepare_LDS_weights(ages, reweight='inverse', inverse_clip=bad, show_plot=False)
+
+
+# --- dtypes, index widths, chunks: the same bins as the rule ---------------------------------------------------
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64', 'int64', 'int32', 'int16', 'uint8', 'float16'])
+@pytest.mark.parametrize('kw', [dict(), dict(n_bins=40), dict(n_bins=300), dict(n_bins=40_000), dict(label_range=(20, 60), n_bins=17)])
+def test_every_dtype_bins_like_the_rule(dtype, kw):
+    "Each dtype's fast path (integer arithmetic, narrow stored indices, several chunks) gives the documented rule's bins and weights"
+    rng = np.random.default_rng(13)
+    n = 300_000  # several CPU chunks
+    base = rng.lognormal(3, 0.4, n)
+    y = np.clip(base, 0, 250).round().astype(dtype) if dtype in ('int64', 'int32', 'int16', 'uint8') else base.astype(dtype)
+    b = lds_bins(y, **kw)
+    w = prepare_LDS_weights(y, show_plot=False, **kw)
+    assert torch.equal(w, b(y))  # the stored-index path against the rule's lookup, bit for bit
+    e = b.edges.numpy()
+    yc = torch.from_numpy(y).to(b.dtype).numpy()  # the labels in the compute dtype
+    idx = np.clip(np.floor((yc - e.dtype.type(b.lo)) * e.dtype.type(b.scale)), 0, b.n_bins - 1).astype(np.int64)
+    np.testing.assert_array_equal(b.bin_index(y).numpy(), idx)
+    np.testing.assert_array_equal(b.counts.numpy(), np.bincount(idx, minlength=b.n_bins))
+    np.testing.assert_array_equal(w.numpy(), b.weights.numpy()[idx])
+    if dtype in ('int64', 'int32', 'int16', 'uint8') and not kw: assert b.scale == 1.0 and b.lo == y.min() - 0.5  # one bin per integer
+
+
+def test_integer_labels_beyond_int32():
+    "int64 labels too large for int32 indices arithmetic: computed in int64, same bins"
+    y = np.r_[np.arange(3_000_000_000, 3_000_000_500), np.full(200_000, 3_000_000_007)].astype(np.int64)
+    b = lds_bins(y)
+    assert b.n_bins == 500 and b.lo == 3_000_000_000 - 0.5
+    assert torch.equal(prepare_LDS_weights(y, show_plot=False), b(y))
+    np.testing.assert_array_equal(b.bin_index(y).numpy(), y - 3_000_000_000)
+
+
+# --- lookups: NaN and inf, the fast path against the rule ----------------------------------------------------
+
+@pytest.mark.parametrize('n', [100, 50_000, 300_000])
+def test_non_finite_labels_get_nan_weights(n):
+    "A NaN or ±inf label has no bin: NaN weight (whatever the path: binary search for small inputs, the chunked rule for large)"
+    y = skewed(5000, seed=14)
+    b = lds_bins(y, label_range=(0.5, 4), n_bins=12)
+    probe = torch.from_numpy(skewed(n, seed=15))
+    probe[::7] = math.nan; probe[1::11] = math.inf; probe[2::13] = -math.inf
+    w = b(probe)
+    bad = ~torch.isfinite(probe)
+    assert torch.isnan(w[bad]).all() and torch.isfinite(w[~bad]).all()
+    assert torch.equal(w[~bad], b(probe[~bad]))
+    assert torch.equal(w[~bad], b.weights[b.bin_index(probe[~bad])])
+    assert b.bin_index(torch.tensor([math.nan, math.inf, -math.inf])).tolist() == [0, 11, 0]  # the rule itself is unchanged
+
+
+@pytest.mark.parametrize('table_dtype,label_dtype', [(np.float32, torch.float32), (np.float64, torch.float32),
+                                                     (np.float32, torch.float64), (np.float64, torch.float64),
+                                                     (np.float32, torch.float16), (np.int64, torch.float32), (np.int64, torch.int64)])
+def test_binary_search_lookup_equals_the_rule(table_dtype, label_dtype):
+    "The per-batch lookup (bucketize over exact edges for the labels' dtype) gives the rule's weight for every probe"
+    from tsai_cbs.lds import _FAST_CPU
+    src = skewed(20_000, seed=16, dtype=np.float64) * 40
+    b = lds_bins(src.astype(table_dtype) if table_dtype != np.int64 else src.round().astype(np.int64), n_bins=None if table_dtype == np.int64 else 37)
+    lab = torch.from_numpy(src).to(label_dtype) if label_dtype != torch.int64 else torch.from_numpy(src.round().astype(np.int64))
+    e = b.edges
+    probes = torch.cat([lab[:3000].double(), e, torch.from_numpy(np.nextafter(e.numpy(), -np.inf)), torch.tensor([-1e300, 1e300, 0., -0.])]).to(label_dtype)
+    assert len(probes) <= _FAST_CPU
+    fast = b._lookup(probes)
+    ref = b.weights[b.bin_index(probes)]  # the rule
+    fin = torch.isfinite(probes.double()) if probes.is_floating_point() else torch.ones(len(probes), dtype=torch.bool)
+    assert torch.equal(fast[fin], ref[fin]) and torch.isnan(fast[~fin]).all()
+    # float32 probes just around every float32 edge of a float64 table
+    if label_dtype == torch.float32 and table_dtype == np.float64:
+        e32 = b._edges_in(torch.float32)
+        near = torch.cat([e32, torch.from_numpy(np.nextafter(e32.numpy(), -np.inf))])
+        assert torch.equal(b._lookup(near), b.weights[b.bin_index(near)])
+        assert torch.equal(b.bin_index(e32), torch.arange(1, b.n_bins))  # each edge is the first float32 of its bin
+
+
+# --- standalone ----------------------------------------------------------------------------------------------
+
+def test_import_is_standalone():
+    "`import tsai_cbs.lds` pulls in neither fastai nor scipy, pandas or matplotlib (checked in a fresh interpreter)"
+    import subprocess, sys, json
+    code = ("import sys, json, tsai_cbs.lds; "
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'fastai', 'fastcore', 'scipy', 'pandas', 'matplotlib', 'sklearn'})))")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

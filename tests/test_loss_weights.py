@@ -400,6 +400,46 @@ def test_lds_bins_argument_and_sequence_targets():
     with pytest.raises(ValueError, match='ready `bins`'): LDSWeightedLoss(bins=bins, n_bins=3)
     with pytest.raises(TypeError): LDSWeightedLoss(bins='x')
 
+def test_lds_nan_and_inf_targets_give_a_nan_loss():
+    "A NaN or ±inf training target gets a NaN weight (not an edge bin's), so the loss is NaN as the plain loss is with a NaN target"
+    X, y = _data()
+    bins = __import__('tsai_cbs.lds', fromlist=['lds_bins']).lds_bins(y[:N_TR], n_bins=12)
+    L1, L2 = N_TR - 2 * BS, N_TR - BS  # the last two training batches (not shuffled) get the bad targets
+    y_bad = y.clone(); y_bad[L2 + 3], y_bad[L2 + 5], y_bad[L1 + 2] = float('nan'), float('inf'), -float('inf')
+    class Rec(Callback):
+        order = 100
+        def before_fit(self): self.rows = []
+        def after_loss(self):
+            if self.training: self.rows.append((self.learn.loss.detach().clone(), self.learn.loss_func.cb.batch_weights.clone(), self.y.clone()))
+    learn = _learner(_tensor_dls(X, y_bad), cbs=[LDSWeightedLoss(bins=bins), Rec()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    (l0, w0, y0), (l1, w1, y1), (l2, w2, y2) = learn.rec.rows[0], learn.rec.rows[-2], learn.rec.rows[-1]
+    assert torch.isfinite(l0) and torch.isnan(l1) and torch.isnan(l2)
+    assert torch.isfinite(w0).all() and torch.isnan(w1[2]) and torch.isnan(w2[[3, 5]]).all()
+    assert torch.isfinite(w1).sum() == BS - 1 and torch.isfinite(w2).sum() == BS - 2
+    ok1, ok2 = torch.isfinite(y1), torch.isfinite(y2)
+    assert torch.equal(w0, bins(y0)) and torch.equal(w1[ok1], bins(y1[ok1])) and torch.equal(w2[ok2], bins(y2[ok2]))
+    class Losses(Callback):
+        def before_fit(self): self.seen = []
+        def after_loss(self):
+            if self.training: self.seen.append(self.learn.loss.detach().clone())
+    plain = _learner(_tensor_dls(X, y_bad), cbs=[Losses()])
+    with plain.no_bar(), plain.no_logging(): plain.fit(1)
+    # fastai's plain loss: NaN with a NaN target as well (inf with only an inf target, where the weighted one is NaN)
+    assert torch.isfinite(plain.losses.seen[0]) and torch.isinf(plain.losses.seen[-2]) and torch.isnan(plain.losses.seen[-1])
+
+def test_lds_batch_lookup_equals_the_table_on_every_dtype():
+    "The per-batch lookup (float32 fast path, or other dtypes through the table) gives each target the table's weight"
+    X, y = _data()
+    for table_labels in (y[:N_TR], y[:N_TR].double()):
+        cb = LDSWeightedLoss(table_labels, n_bins=15)
+        learn = _learner(_tensor_dls(X, y), cbs=[cb])
+        cb.learn = learn; cb._setup_fit(torch.device('cpu'))
+        for yb in (y[:BS], y[:BS].double(), y[:BS, None], y[:BS].half()):
+            w = cb._batch_weights((yb,))
+            assert w.shape == yb.shape and w.dtype == torch.float32
+            assert torch.equal(w.reshape(-1), cb.bins.weights[cb.bins.bin_index(yb.reshape(-1))])
+
 def test_repr():
     assert repr(WeightedPerSampleLoss([1., 2.])) == 'WeightedPerSampleLoss(2 weights)'
     assert repr(LDSWeightedLoss([1., 2., 3.], n_bins=3)).startswith('LDSWeightedLoss(LDSBins(n_bins=3')

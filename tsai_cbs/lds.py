@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_lds.ipynb #4a65fbb1
 from __future__ import annotations
-import contextlib, ctypes, math, mmap, warnings
+import contextlib, ctypes, functools, math, mmap, warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,8 +14,8 @@ from .checks import check_type, check_number, check_choice, as_number_vector
 __all__ = ['LDS_KERNELS', 'LDS_REWEIGHTS', 'get_lds_kernel_window', 'LDSBins', 'lds_bins', 'prepare_LDS_weights']
 
 # %% ../nbs/02_lds.ipynb #a8d4a662
-LDS_KERNELS = ('gaussian', 'triang', 'laplace')
-LDS_REWEIGHTS = ('inv', 'sqrt_inv', 'none')
+LDS_KERNELS = ('gaussian', 'triang', 'laplace', 'gaussian_analytic')
+LDS_REWEIGHTS = ('inv', 'sqrt_inv', 'inverse', 'none')
 
 def _check_kernel(lds_kernel, lds_ks, lds_sigma):
     check_choice('lds_kernel', lds_kernel, LDS_KERNELS)
@@ -23,23 +23,55 @@ def _check_kernel(lds_kernel, lds_ks, lds_sigma):
     if lds_ks % 2 == 0: raise ValueError(f"`lds_ks` must be an odd integer >= 1 (the window is centred on a bin), got {lds_ks!r}")
     check_number('lds_sigma', lds_sigma, 0, lo_incl=False)
 
-def get_lds_kernel_window(lds_kernel:str='gaussian', # 'gaussian', 'triang' or 'laplace'
+def get_lds_kernel_window(lds_kernel:str='gaussian', # 'gaussian', 'triang', 'laplace' (the paper's) or 'gaussian_analytic'
                           lds_ks:int=9, # window length: an odd number of bins
                           lds_sigma:float=1): # width of the gaussian/laplace kernel, in bins (unused by 'triang')
-    "Symmetric LDS smoothing window of length `lds_ks` with peak 1, as a float64 numpy array"
+    "Symmetric LDS smoothing window of length `lds_ks` with peak 1, as a float64 numpy array: the paper's (and tsai's) window"
     _check_kernel(lds_kernel, lds_ks, lds_sigma)
-    return _window(lds_kernel, lds_ks, lds_sigma).numpy()
+    return _window(lds_kernel, int(lds_ks), float(lds_sigma)).copy()
 
-def _window(lds_kernel, lds_ks, lds_sigma, device='cpu'):
-    "The window as a float64 tensor made on `device` (no host-to-device copy)"
-    k = torch.arange(lds_ks, dtype=torch.float64, device=device) - (lds_ks - 1) // 2
-    if lds_kernel == 'gaussian':
-        # a huge sigma gives a flat window (not an OverflowError), a tiny one a unit impulse (the centre set apart: 0 / 0
-        # there once 2 * sigma**2 underflows)
-        den = 2 * float(lds_sigma)**2 if float(lds_sigma) < 1e150 else math.inf
-        return torch.where(k == 0, 1., torch.exp(-k**2 / den))
-    if lds_kernel == 'triang': return 1 - k.abs() / ((lds_ks + 1) // 2)
-    return torch.exp(-k.abs() / lds_sigma)
+@functools.lru_cache(maxsize=64)
+def _window(kernel, ks, sigma):
+    "The window (read-only float64 numpy array, cached: the gaussian one takes a loop over its taps)"
+    h = (ks - 1) // 2
+    k = np.abs(np.arange(-h, h + 1))
+    if kernel == 'gaussian': w = _gaussian_window(ks, sigma)
+    elif kernel == 'triang': w = (h + 1 - k) / (h + 1)
+    elif kernel == 'laplace': w = _laplace_window(k, sigma)
+    else:  # a huge sigma gives a flat window (not an OverflowError), a tiny one a unit impulse (0 / 0 once 2 sigma**2 underflows)
+        den = 2 * sigma**2 if sigma < 1e150 else math.inf
+        w = np.where(k == 0, 1., np.exp(-k.astype(np.float64)**2 / den))
+    w.flags.writeable = False
+    return w
+
+_MAX_RADIUS = 1 << 20  # beyond, scipy's kernel has over 2 million taps and its window is flat to within 1e-6 (ks <= 1001)
+
+def _gaussian_window(ks, sigma):
+    "scipy's `gaussian_filter1d` (truncate=4, mode='reflect') of a unit impulse of length `ks`, over its maximum, in scipy's arithmetic"
+    h = (ks - 1) // 2
+    r = int(4.0 * sigma + 0.5)  # scipy's kernel radius
+    if r == 0 or sigma * sigma == 0: return np.eye(ks)[h]  # scipy: the impulse itself (NaN once sigma**2 underflows)
+    if r > _MAX_RADIUS: return np.ones(ks)
+    x = np.arange(-r, r + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)  # scipy's `_gaussian_kernel1d`, expression for expression
+    phi = phi / phi.sum()
+    # scipy correlates a symmetric kernel as out[i] = phi[r] * e[i] + sum over d = r, r-1, ..., 1 (in that order) of
+    # (e[i-d] + e[i+d]) * phi[r-d], where e is the impulse extended by reflection (period 2 ks: position p reads
+    # e[p mod 2ks] or e[2ks-1 - p mod 2ks]). Terms that are 0 add nothing, so sum only the taps that land on the
+    # impulse: i -+ d congruent to h or 3h+1 modulo 2ks
+    P, out = 2 * ks, np.empty(ks)
+    for i in range(h + 1):  # out[ks-1-i] sees the mirror image: the same terms in the same order
+        starts = (i - h, i - 3 * h - 1, h - i, 3 * h + 1 - i)
+        d, c = np.unique(np.concatenate([np.arange((s - 1) % P + 1, r + 1, P) for s in starts]), return_counts=True)
+        terms = c[::-1].astype(np.float64) * phi[r - d[::-1]]
+        out[i] = out[ks - 1 - i] = np.cumsum(np.r_[phi[r] if i == h else 0., terms])[-1]  # cumsum: left to right, as C
+    return out / out.max()
+
+def _laplace_window(k, sigma):
+    with np.errstate(all='ignore'):
+        lap = np.exp(-k / sigma) / (2. * sigma)  # the paper's formula, normalised by its maximum
+        w = lap / lap.max()
+    return w if np.isfinite(w).all() else np.where(k == 0, 1., np.exp(-k / sigma))
 
 # %% ../nbs/02_lds.ipynb #ab60b66b
 def _as_labels(labels, name='labels'):
@@ -50,7 +82,9 @@ def _compute_dtype(y): return torch.float64 if y.dtype in (torch.float64, torch.
 
 def _int_view_dtype(dtype): return torch.int64 if dtype == torch.float64 else torch.int32
 
-def _chunk_size(y): return len(y) if y.device.type != 'cpu' else 1 << 20  # CPU: 4 MB of float32 scratch stays in cache
+# CPU: chunks whose float64 scratch (1 MB) and int32 indices stay in a core's L2 cache between the few ops on them;
+# GPU: large chunks (few kernel launches), only to bound the scratch memory
+def _chunk_size(y): return 1 << 17 if y.device.type == 'cpu' else 1 << 24
 
 # the native (non-OpenMP) backend cannot change its thread count once work has started
 _OPENMP = 'parallel backend: OpenMP' in torch.__config__.parallel_info()
@@ -98,13 +132,22 @@ def _check_range(label_range):
     if not lo < hi: raise ValueError(f"`label_range` must have min < max, got {label_range!r}")
     return float(lo), float(hi)
 
-def _check_lds_args(n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight):
+def _check_clip(inverse_clip):
+    "`inverse_clip` as a float pair `(lo, hi)`, `0 <= lo <= hi`, `hi` may be `math.inf`"
+    if not isinstance(inverse_clip, (tuple, list)) or len(inverse_clip) != 2:
+        raise ValueError(f"`inverse_clip` must be a (min, max) pair of label counts, got {inverse_clip!r}")
+    lo, hi = (float(v) if isinstance(v, (np.generic, torch.Tensor)) else v for v in inverse_clip)
+    lo = float(check_number('inverse_clip', lo, 0))
+    hi = math.inf if isinstance(hi, float) and hi == math.inf else float(check_number('inverse_clip', hi, lo))
+    return lo, hi
+
+def _check_lds_args(n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip):
     check_number('n_bins', n_bins, 1, 2**31 - 1, integer=True, allow_none=True)
     label_range = _check_range(label_range)
     check_choice('reweight', reweight, LDS_REWEIGHTS)
     _check_kernel(lds_kernel, lds_ks, lds_sigma)
     check_number('max_rel_weight', max_rel_weight, 1, allow_none=True)
-    return label_range
+    return label_range, _check_clip(inverse_clip)
 
 def _rice(n): return max(1, math.ceil(2 * n ** (1 / 3) - 1e-9))
 
@@ -116,7 +159,7 @@ def _is_integer_valued(y, chunk):
     return int(bad) == 0
 
 def _layout(y, n_bins, label_range, dtype):
-    "Checked `(lo, hi, n_bins)` for the labels `y` (one host sync for min/max and the NaN/inf check)"
+    "Checked `(lo, hi, n_bins, scale, int_offset)` for the labels `y` (one host sync for min/max and the NaN/inf check); `int_offset`: min(y) where integer labels get one bin per integer"
     if len(y) == 0: raise ValueError("`labels` must not be empty")
     stats = list(torch.aminmax(y))
     # NaN propagates through min/max, so finite extremes mean finite labels
@@ -125,6 +168,7 @@ def _layout(y, n_bins, label_range, dtype):
     stats = torch.stack([v.double() for v in stats]).tolist()  # the one host sync when labels are floats
     mn, mx = stats[:2]
     if not (math.isfinite(mn) and math.isfinite(mx)): raise ValueError("`labels` must be finite (found NaN or inf)")
+    int_offset = None
     if label_range is not None:
         lo, hi = label_range
         if n_bins is None: n_bins = _rice(len(y))
@@ -133,6 +177,8 @@ def _layout(y, n_bins, label_range, dtype):
         if (may_be_int and mx - mn + 1 <= 1000 and max(abs(mn), abs(mx)) < lim
                 and (not y.is_floating_point() or (stats[2] == 1 and _is_integer_valued(y, _chunk_size(y))))):
             lo, hi, n_bins = mn - 0.5, mx + 0.5, int(mx - mn) + 1
+            # integer labels: floor((y - (mn - 0.5)) * 1) is exactly y - mn, so integer arithmetic gives the same bins
+            if not y.is_floating_point(): int_offset = int(mn)
         else:
             lo, hi = mn, mx
             if n_bins is None: n_bins = _rice(len(y))
@@ -150,7 +196,8 @@ def _layout(y, n_bins, label_range, dtype):
             raise ValueError(f"`label_range` {label_range!r} is too narrow for {n_bins} bins once rounded to {dtype}")
         # all labels equal, or as good as equal: one bin holds them all
         lo, hi = float(np_dt(lo - 0.5)), float(np_dt(hi + 0.5))
-    return lo, hi, int(n_bins), float(np_dt(n_bins / (hi - lo)))
+    scale = float(np_dt(n_bins / (hi - lo)))
+    return lo, hi, int(n_bins), scale, int_offset
 
 # %% ../nbs/02_lds.ipynb #f84aebcc
 def _float_key(x, dtype):
@@ -164,28 +211,79 @@ def _key_float(keys, dtype):
     bits = torch.where(keys >= 0, keys, (-keys) | sign)
     return bits.to(_int_view_dtype(dtype)).view(dtype)
 
-def _bin_chunks(y, lo, scale, n_bins, dtype, check_nan=True, scratch=None):
-    "Yield `(start, end, bin indices)` chunk by chunk, in a reused buffer (consume it before the next step) or in `scratch[start:end]`"
-    chunk = _chunk_size(y)
-    buf = torch.empty(min(chunk, len(y)), dtype=dtype, device=y.device) if scratch is None else None
-    for a in range(0, len(y), chunk):
-        yc = y[a:a + chunk]; t = buf[:len(yc)] if scratch is None else scratch[a:a + len(yc)]
-        if yc.dtype == dtype: torch.sub(yc, lo, out=t)
-        else: t.copy_(yc).sub_(lo)
-        t.mul_(scale)
-        if check_nan: t.nan_to_num_(nan=0.)
-        t.clamp_(0, n_bins - 1)
-        # truncation == floor for t >= 0; converting in place avoids a second buffer
-        idx = t.view(_int_view_dtype(dtype))
-        idx.copy_(t)
-        yield a, a + len(yc), idx
+def _bin_rule(yc, lo, scale, n_bins, dtype, t, ic, clip=True, nan=False):
+    "Bin of each label of `yc` into the int32 `ic` by the documented rule, computed in `t` (`dtype`, may be `ic`'s own memory)"
+    if yc.dtype == dtype: torch.sub(yc, lo, out=t)
+    else: t.copy_(yc).sub_(lo)
+    t.mul_(scale)
+    if nan: t.nan_to_num_(nan=0.)
+    if clip: t.clamp_(0, n_bins - 1)
+    ic.copy_(t)  # truncation == floor for t >= 0 (in place where `t` shares `ic`'s memory)
 
-def _smooth(counts, reweight, win):
-    "Effective (smoothed) label density per bin: `counts` (square roots for 'sqrt_inv') convolved with the float64 window `win`"
+def _index_dtype(n_bins):
+    "Smallest integer dtype for the bin indices 0..n_bins (one more than the bins: see `_count`)"
+    return torch.uint8 if n_bins < 256 else torch.int16 if n_bins < 32768 else torch.int32
+
+def _tail_view(w, dtype):
+    "The last `len(w)` elements of `dtype` in the memory of the float32 tensor `w`"
+    b = w.view(torch.uint8)
+    return b[len(b) - len(w) * dtype.itemsize:].view(dtype)
+
+def _count(y, lo, scale, n_bins, dtype, clip, int_offset=None, keep=None):
+    """Labels per bin of the finite labels `y` (int64); with `keep` (an integer tensor, one per label) each label's bin is
+    stored there, except that without `clip` the largest labels may be stored as bin `n_bins` (counted in the last bin)"""
+    # without `clip` (labels within [lo, hi]) the clamp is skipped: y - lo >= 0 exactly, and (y - lo) * scale can round
+    # up to n_bins but no further, so the last bin gets one extra slot in the counts (and in the lookup table)
+    dev, chunk = y.device, _chunk_size(y)
+    m = min(chunk, len(y))
+    ibuf = torch.empty(m, dtype=torch.int32, device=dev) if keep is None else None
+    # the arithmetic runs in a chunk-sized scratch (cache-resident on the CPU); only the narrow indices go to `keep`
+    tdt = dtype if int_offset is None else torch.int64 if y.dtype == torch.int64 else torch.int32
+    tbuf = torch.empty(m, dtype=tdt, device=dev)
+    counts = torch.zeros(n_bins + 1, dtype=torch.int64, device=dev)
+    for a in range(0, len(y), chunk):
+        yc = y[a:a + chunk]; n = len(yc)
+        ic, t = (ibuf[:n] if keep is None else keep[a:a + n]), tbuf[:n]
+        if int_offset is None: _bin_rule(yc, lo, scale, n_bins, dtype, t, ic, clip=clip)
+        else:
+            if yc.dtype == tdt: torch.sub(yc, int_offset, out=t)
+            else: t.copy_(yc).sub_(int_offset)  # widen first: uint8/int16 arithmetic would wrap around
+            ic.copy_(t)
+        counts += torch.bincount(ic, minlength=n_bins + 1)
+    out = counts[:n_bins].clone()
+    out[-1] += counts[n_bins]
+    return out
+
+def _lookup_into(w, idx, tab):
+    "Replace the bin indices `idx`, stored at the end of the memory of the float32 `w` (`_tail_view`), by their weights in `tab`"
+    # chunk [a, b) of `w` overlaps only indices before b (they are at most as wide as a float32), and the chunk's own
+    # indices are copied out before it is written: in order, nothing is overwritten before it is read
+    chunk = _chunk_size(w)
+    ibuf = torch.empty(min(chunk, len(w)), dtype=torch.int32, device=w.device)
+    for a in range(0, len(w), chunk):
+        ic = ibuf[:len(idx[a:a + chunk])]
+        ic.copy_(idx[a:a + chunk])
+        torch.index_select(tab, 0, ic, out=w[a:a + chunk])
+
+def _smooth(v, win):
+    "float64 `v` convolved with the symmetric numpy window `win` (zero padding), with scipy `convolve1d`'s order of operations"
+    # scipy computes a symmetric filter as out = v * win[h] + sum over d = h..1 of (v[i-d] + v[i+d]) * win[h+d], the
+    # outermost pair first; the same float64 operations here give its result bit for bit (and keep it on the device)
+    h, n = (len(win) - 1) // 2, len(v)
+    out = v * float(win[h])
+    p = F.pad(v, (h, h)) if h else v
+    for d in range(h, 0, -1): out += (p[h - d:h - d + n] + p[h + d:h + d + n]) * float(win[h + d])
+    return out
+
+def _density(counts, reweight, win, clip):
+    "Effective (smoothed) label density per bin, float64 (see the reweighting rules above)"
     c = counts.double()
-    if reweight == 'sqrt_inv': c = c.sqrt()
-    # the window is symmetric, so conv1d's cross-correlation is the convolution; zero padding keeps the length
-    return F.conv1d(c[None, None], win[None, None], padding=(len(win) - 1) // 2)[0, 0]
+    # torch's CPU sqrt is 1 ulp off for some counts (2, 8, 19, ...); numpy's, like CUDA's, is correctly rounded
+    if reweight == 'sqrt_inv': c = torch.from_numpy(np.sqrt(c.numpy())) if c.device.type == 'cpu' else c.sqrt()
+    elif reweight == 'inverse': c = c.clamp(*clip)
+    s = _smooth(c, win)
+    # the paper smooths the clipped integer counts with scipy, whose result keeps the input's integer dtype: truncated
+    return s.trunc() if reweight == 'inverse' else s
 
 def _bin_weights(counts, smoothed, reweight, max_rel_weight):
     "Per-bin float32 weights, mean 1 over the labels counted in `counts` (device tensors only: no host sync)"
@@ -200,6 +298,8 @@ def _bin_weights(counts, smoothed, reweight, max_rel_weight):
     return w.float()
 
 # %% ../nbs/02_lds.ipynb #eef4d529
+_FAST_BINS, _FAST_CPU = 1 << 16, 1 << 14  # lookups by binary search over the edges: tables up to 65,536 bins; CPU batches up to 16,384 labels
+
 class LDSBins:
     "Per-bin LDS weights, and the rule that maps labels to bins; call it on labels to get per-sample weights"
     def __init__(self,
@@ -211,20 +311,31 @@ class LDSBins:
                  smoothed:torch.Tensor, # effective label density per bin (float64)
                  weights:torch.Tensor, # weight per bin (float32)
                  dtype:torch.dtype=torch.float32, # compute dtype of the bin rule
-                 reweight:str='inv', lds_kernel:str='gaussian', lds_ks:int=9, lds_sigma:float=1, max_rel_weight:float=None): # as in `lds_bins`, for plots and repr
+                 reweight:str='inv', lds_kernel:str='gaussian', lds_ks:int=9, lds_sigma:float=1, max_rel_weight:float=None, # as in `lds_bins`,
+                 inverse_clip:tuple=(5, 1000)): # for plots and repr
         self.lo, self.hi, self.n_bins, self.scale, self.dtype = lo, hi, n_bins, scale, dtype
         self.counts, self.smoothed, self.weights = counts, smoothed, weights
         self.reweight, self.lds_kernel, self.lds_ks, self.lds_sigma, self.max_rel_weight = reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight
-        self._tables = {weights.device: weights}
+        self.inverse_clip = inverse_clip
+        self._tables, self._fast = {weights.device: weights}, {}
 
-    def _chunks(self, y, check_nan=True): return _bin_chunks(y, self.lo, self.scale, self.n_bins, self.dtype, check_nan)
+    def _rule_chunks(self, y):
+        "Yield `(start, end, int32 bins)` chunk by chunk (NaN to bin 0), in a reused buffer: consume it before the next step"
+        chunk, dev = _chunk_size(y), y.device
+        m = min(chunk, len(y))
+        ic = torch.empty(m, dtype=torch.int32, device=dev)
+        t = ic.view(torch.float32) if self.dtype == torch.float32 else torch.empty(m, dtype=self.dtype, device=dev)
+        for a in range(0, len(y), chunk):
+            yc = y[a:a + chunk]; n = len(yc)
+            _bin_rule(yc, self.lo, self.scale, self.n_bins, self.dtype, t[:n], ic[:n], nan=True)
+            yield a, a + n, ic[:n]
 
     def bin_index(self, labels) -> torch.Tensor:
-        "int64 bin of each label (shape `(n,)`), on the labels' device; NaN labels go to bin 0"
+        "int64 bin of each label (shape `(n,)`), on the labels' device; NaN labels go to bin 0, ±inf to the end bins"
         y = _as_labels(labels)
         out = torch.empty(len(y), dtype=torch.int64, device=y.device)
         with _cpu_one_thread(y):
-            for a, b, idx in self._chunks(y): out[a:b] = idx
+            for a, b, ic in self._rule_chunks(y): out[a:b] = ic
         return out
 
     def _table(self, device):
@@ -232,55 +343,76 @@ class LDSBins:
         if t is None: t = self._tables[device] = self.weights.to(device)
         return t
 
-    def _weigh(self, y, check_nan=True):
-        tab = self._table(y.device)
-        w = _empty_f32(len(y), y.device)
-        for a, b, idx in self._chunks(y, check_nan): torch.index_select(tab, 0, idx, out=w[a:b])
+    def _weigh(self, y):
+        "Weights of the 1-d labels `y` by the rule, chunk by chunk; NaN for non-finite labels"
+        tab, w = self._table(y.device), _empty_f32(len(y), y.device)
+        for a, b, ic in self._rule_chunks(y):
+            torch.index_select(tab, 0, ic, out=w[a:b])
+            if y.is_floating_point(): w[a:b].masked_fill_(~torch.isfinite(y[a:b]), math.nan)
         return w
 
-    def _lookup_in_place(self, w):
-        "Replace the int32 bin indices stored in float32 `w` by their weights, chunk by chunk"
-        tab, idx, chunk = self._table(w.device), w.view(torch.int32), _chunk_size(w)
-        buf = torch.empty(min(chunk, len(w)), dtype=torch.float32, device=w.device)
-        for a in range(0, len(w), chunk):
-            o = buf[:len(idx[a:a + chunk])]
-            torch.index_select(tab, 0, idx[a:a + chunk], out=o)
-            w[a:a + chunk] = o
+    def _fast_tables(self, device, dtype):
+        "Sorted bin boundaries for labels of float `dtype`, and the weight table padded with NaN, on `device` (cached)"
+        key = (torch.device(device), dtype)
+        f = self._fast.get(key)
+        if f is None:
+            fi = torch.finfo(dtype)
+            # bucketize(y, bounds, right=True) counts the bounds <= y: 0 for -inf, 1 + bin(y) for finite y (finfo.min
+            # <= y, then one per interior edge), n_bins + 1 for +inf and NaN (compares false: the binary search runs to the end)
+            bounds = torch.cat([torch.tensor([fi.min], dtype=dtype), self._edges_in(dtype), torch.tensor([math.inf], dtype=dtype)])
+            nan = torch.full((1,), math.nan, dtype=torch.float32)
+            f = self._fast[key] = (bounds.to(device), torch.cat([nan, self.weights.float().cpu(), nan]).to(device))
+        return f
+
+    def _lookup(self, y):
+        "Weights of the 1-d label tensor `y` on its device, NaN for NaN/±inf labels; no host sync"
+        if self.n_bins <= _FAST_BINS and (y.device.type != 'cpu' or len(y) <= _FAST_CPU):
+            if y.dtype not in (torch.float32, torch.float64): y = y.to(self.dtype)  # as the rule would compute it
+            bounds, tab = self._fast_tables(y.device, y.dtype)
+            # two kernels: a binary search over the exact edges and a gather (the rule takes 7 small ops)
+            return torch.index_select(tab, 0, torch.bucketize(y, bounds, right=True))
+        with _cpu_one_thread(y): return self._weigh(y)
 
     def __call__(self, labels) -> torch.Tensor:
-        "float32 weight of each label (shape `(n,)`), on the labels' device; labels outside `[lo, hi]` get the edge bins' weights"
-        y = _as_labels(labels)
-        with _cpu_one_thread(y): return self._weigh(y)
+        "float32 weight of each label (shape `(n,)`), on the labels' device; labels outside `[lo, hi]` get the edge bins' weights, NaN and ±inf labels NaN"
+        return self._lookup(_as_labels(labels))
 
     def to(self, device):
         "Move the table (counts, smoothed density, weights) to `device`; returns `self` (rebinds its tensors: `copy.copy(bins).to(device)` leaves `bins` as it was)"
         self.counts, self.smoothed, self.weights = (t.to(device) for t in (self.counts, self.smoothed, self.weights))
-        self._tables = {self.weights.device: self.weights}
+        self._tables, self._fast = {self.weights.device: self.weights}, {}
         return self
 
-    @property
-    def edges(self) -> torch.Tensor:
-        "Exact bin edges (CPU, compute dtype): bin `k` is `[edges[k], edges[k+1])`, the end bins also take everything beyond"
-        dt, k = self.dtype, torch.arange(1, self.n_bins)
+    def _edges_in(self, dt):
+        "Interior edges for labels of float dtype `dt`: the smallest value of `dt` landing in bin k, for k = 1..n_bins-1 (CPU)"
+        k = torch.arange(1, self.n_bins)
         # the rule is monotone in the label, so bisect over the floats (as order-preserving integer keys) for the
         # smallest value landing in bin >= k; invariant: bin(lo side) < k <= bin(hi side)
-        a = torch.full_like(k, _float_key(self.lo, dt)); b = torch.full_like(k, _float_key(self.hi, dt))
+        start = (self.lo, self.hi) if dt == self.dtype else (torch.finfo(dt).min, torch.finfo(dt).max)
+        a, b = (torch.full_like(k, _float_key(v, dt)) for v in start)
         while bool((b > a + 1).any()):
             m = (a >> 1) + (b >> 1) + (a & b & 1)  # floor((a + b) / 2) without int64 overflow
             up = self.bin_index(_key_float(m, dt)) >= k
             a, b = torch.where(up, a, m), torch.where(up, m, b)
-        return torch.cat([torch.tensor([self.lo], dtype=dt), _key_float(b, dt), torch.tensor([self.hi], dtype=dt)])
+        return _key_float(b, dt)
+
+    @property
+    def edges(self) -> torch.Tensor:
+        "Exact bin edges (CPU, compute dtype): bin `k` is `[edges[k], edges[k+1])`, the end bins also take everything beyond"
+        dt = self.dtype
+        return torch.cat([torch.tensor([self.lo], dtype=dt), self._edges_in(dt), torch.tensor([self.hi], dtype=dt)])
 
     def plot(self,
              ax=None, # matplotlib Axes to draw on (default: a new figure)
              weights:bool=True): # also draw the per-bin weights (right axis)
-        "Draw the label histogram (square roots for `sqrt_inv`) and its smoothed version; returns the Axes, never blocks"
+        "Draw the label histogram (square roots for `sqrt_inv`, clipped for `inverse`) and its smoothed version; returns the Axes, never blocks"
         import matplotlib.pyplot as plt
         if ax is None: _, ax = plt.subplots(figsize=(7, 3.5))
         e = self.edges.double().numpy()
-        c = self.counts.double().cpu()
-        if self.reweight == 'sqrt_inv': c = c.sqrt()
-        ax.bar(e[:-1], c.numpy(), width=np.diff(e), align='edge', alpha=0.5, label='sqrt(counts)' if self.reweight == 'sqrt_inv' else 'counts')
+        c, what = self.counts.double().cpu(), 'counts'
+        if self.reweight == 'sqrt_inv': c, what = c.sqrt(), 'sqrt(counts)'
+        elif self.reweight == 'inverse': c, what = c.clamp(*self.inverse_clip), f'counts clipped to [{self.inverse_clip[0]:g}, {self.inverse_clip[1]:g}]'
+        ax.bar(e[:-1], c.numpy(), width=np.diff(e), align='edge', alpha=0.5, label=what)
         ax.plot((e[:-1] + e[1:]) / 2, self.smoothed.double().cpu().numpy(), color='C3', label=f'smoothed ({self.lds_kernel}, ks={self.lds_ks})')
         ax.set_xlabel('label'); ax.set_ylabel('labels per bin')
         handles, names = ax.get_legend_handles_labels()
@@ -295,59 +427,57 @@ class LDSBins:
 
     def __repr__(self):
         kern = f"{self.lds_kernel}(ks={self.lds_ks}" + (")" if self.lds_kernel == 'triang' else f", sigma={self.lds_sigma})")
-        return (f"{type(self).__name__}(n_bins={self.n_bins}, range=({self.lo:.6g}, {self.hi:.6g}), reweight={self.reweight!r}, "
+        rw = f"{self.reweight!r}" + (f", inverse_clip=({self.inverse_clip[0]:g}, {self.inverse_clip[1]:g})" if self.reweight == 'inverse' else '')
+        return (f"{type(self).__name__}(n_bins={self.n_bins}, range=({self.lo:.6g}, {self.hi:.6g}), reweight={rw}, "
                 f"kernel={kern}, max_rel_weight={self.max_rel_weight}, device={self.weights.device})")
 
 # %% ../nbs/02_lds.ipynb #9a9639c8
-def _lds_bins(y, n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, keep_index=False, scratch=None):
-    "The `LDSBins` of `y` and, with `keep_index`, its bin indices when they are all kept: in `scratch` (a tensor of the compute dtype) or in a single chunk"
-    label_range = _check_lds_args(n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight)
+def _lds_bins(y, n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip, into=None):
+    "The `LDSBins` of the 1-d labels `y`; with `into` (float32, one per label) also their bins, stored in its memory (see `_count`)"
+    label_range, clip = _check_lds_args(n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip)
     dtype = _compute_dtype(y)
-    lo, hi, n_bins, scale = _layout(y, n_bins, label_range, dtype)
-    win = _window(lds_kernel, lds_ks, lds_sigma, y.device)
-    counts = torch.zeros(n_bins, dtype=torch.int64, device=y.device)
-    for _, _, idx in _bin_chunks(y, lo, scale, n_bins, dtype, False, scratch): counts += torch.bincount(idx, minlength=n_bins)
-    smoothed = _smooth(counts, reweight, win)
+    lo, hi, n_bins, scale, int_offset = _layout(y, n_bins, label_range, dtype)
+    keep = None if into is None else _tail_view(into, _index_dtype(n_bins))
+    counts = _count(y, lo, scale, n_bins, dtype, label_range is not None, int_offset, keep)
+    smoothed = _density(counts, reweight, _window(lds_kernel, int(lds_ks), float(lds_sigma)), clip)
     bins = LDSBins(lo, hi, n_bins, scale, counts, smoothed, _bin_weights(counts, smoothed, reweight, max_rel_weight), dtype,
-                   reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight)
-    if keep_index: return bins, (scratch.view(idx.dtype) if scratch is not None else idx if len(y) <= _chunk_size(y) else None)
-    return bins
+                   reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, clip)
+    return bins if into is None else (bins, keep)
 
 def lds_bins(labels, # tensor (any device), numpy array, pandas Series or list; shape (n,) or (n, 1)
              n_bins:int=None, # number of bins (None: one per integer for integer labels, else the Rice rule)
              label_range:tuple=None, # (min, max) binned range (None: the labels' range); labels beyond it are clipped into the end bins
-             reweight:str='inv', # 'inv': 1/density, 'sqrt_inv': 1/sqrt(density), 'none': all weights 1
-             lds_kernel:str='gaussian', # smoothing kernel: 'gaussian', 'triang' or 'laplace'
+             reweight:str='inv', # 'inv': 1/density, 'sqrt_inv': 1/sqrt(density), 'inverse': the paper's clipped 1/density, 'none': all weights 1
+             lds_kernel:str='gaussian', # smoothing kernel: 'gaussian', 'triang', 'laplace' (the paper's) or 'gaussian_analytic'
              lds_ks:int=9, # kernel window length, odd
              lds_sigma:float=1, # gaussian/laplace width, in bins
              max_rel_weight:float=None, # cap weights at this multiple of the smallest weight (>= 1)
+             inverse_clip:tuple=(5, 1000), # 'inverse' only: (min, max) the label count of every bin is clipped to before smoothing
             ) -> LDSBins:
     "Per-bin LDS weight table of `labels` (the one `prepare_LDS_weights` uses), to weight these or other labels"
     y = _as_labels(labels)
-    with _cpu_one_thread(y): return _lds_bins(y, n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight)
+    with _cpu_one_thread(y): return _lds_bins(y, n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip)
 
 # %% ../nbs/02_lds.ipynb #a38c465c
 def prepare_LDS_weights(labels, # tensor (any device), numpy array, pandas Series or list; shape (n,) or (n, 1)
                         n_bins:int=None, # number of bins (None: one per integer for integer labels, else the Rice rule)
                         label_range:tuple=None, # (min, max) binned range (None: the labels' range); labels beyond it are clipped into the end bins
-                        reweight:str='inv', # 'inv': 1/density, 'sqrt_inv': 1/sqrt(density), 'none': all weights 1
-                        lds_kernel:str='gaussian', # smoothing kernel: 'gaussian', 'triang' or 'laplace'
+                        reweight:str='inv', # 'inv': 1/density, 'sqrt_inv': 1/sqrt(density), 'inverse': the paper's clipped 1/density, 'none': all weights 1
+                        lds_kernel:str='gaussian', # smoothing kernel: 'gaussian', 'triang', 'laplace' (the paper's) or 'gaussian_analytic'
                         lds_ks:int=9, # kernel window length, odd
                         lds_sigma:float=1, # gaussian/laplace width, in bins
                         max_rel_weight:float=None, # cap weights at this multiple of the smallest weight (>= 1)
                         show_plot:bool=True, # draw the label distribution before/after smoothing (see `LDSBins.plot`)
                         ax=None, # matplotlib Axes to draw on when `show_plot` (default: a new figure)
+                        inverse_clip:tuple=(5, 1000), # 'inverse' only: (min, max) the label count of every bin is clipped to before smoothing
                        ) -> torch.Tensor:
     "float32 LDS weight per label (shape `(n,)`, mean 1) on the labels' device, as in Yang et al. 2021"
     y = _as_labels(labels)
-    # on the CPU, the result's memory holds the bin indices in between: no second big buffer, no second index pass
-    in_place = y.device.type == 'cpu' and len(y) > _chunk_size(y) and _compute_dtype(y) == torch.float32
-    w = _empty_f32(len(y), y.device) if in_place else None
     with _cpu_one_thread(y):
-        bins, idx = _lds_bins(y, n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, keep_index=True, scratch=w)
-        # same table and indices as `bins(y)`, so the same bits; the labels were checked finite while binning
-        if idx is None: w = bins._weigh(y, check_nan=False)
-        elif w is not None and idx.data_ptr() == w.data_ptr(): bins._lookup_in_place(w)
-        else: w = torch.index_select(bins.weights, 0, idx)
+        # the result's memory holds the bin indices in between (as 1, 2 or 4 byte integers): one binning pass, no second
+        # big buffer, and less memory traffic than 4 bytes per label
+        w = _empty_f32(len(y), y.device)
+        bins, idx = _lds_bins(y, n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip, into=w)
+        _lookup_into(w, idx, torch.cat([bins.weights, bins.weights[-1:]]))  # the extra slot: see `_count`
     if show_plot: bins.plot(ax=ax)
     return w

@@ -12,7 +12,7 @@ from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
 from fastcore.basics import GetAttr
 from .core import check_type, StateKeeper, on_fit_end, as_number_vector, inner_dl
-from .lds import LDSBins, lds_bins
+from .lds import LDSBins, lds_bins, _FAST_BINS
 
 # %% auto #0
 __all__ = ['WeightedPerSampleLoss', 'LDSWeightedLoss']
@@ -235,7 +235,7 @@ class LDSWeightedLoss(_PerSampleWeighting):
     "Weight each training sample's loss by the LDS weight of its target, looked up per batch; validation loss unweighted"
     def __init__(self, labels=None, # training labels the LDS table is built from (as for `prepare_LDS_weights`)
                  bins:LDSBins=None, # or a table from `lds_bins`
-                 **lds_kwargs): # `lds_bins` arguments: n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight
+                 **lds_kwargs): # `lds_bins` arguments: n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip
         if (labels is None) == (bins is None): raise ValueError("pass exactly one of `labels` or `bins`")
         if bins is not None:
             check_type('bins', bins, LDSBins)
@@ -243,11 +243,18 @@ class LDSWeightedLoss(_PerSampleWeighting):
         else: bins = lds_bins(labels, **lds_kwargs)
         self.bins = bins
 
-    # a private copy on the batch device: the user's table is not moved
-    def _setup_fit(self, device): self._bins = copy.copy(self.bins).to(device)
+    def _setup_fit(self, device):
+        # a private copy on the batch device (the user's table is not moved), with the edges and the NaN-padded table
+        # for float32 targets built now rather than in the first batch
+        self._bins = copy.copy(self.bins).to(device)
+        self._fast = self._bins._fast_tables(self._bins.weights.device, torch.float32) if self._bins.n_bins <= _FAST_BINS else None
 
     def _batch_weights(self, yb):
-        y = _plain(yb[0])
-        return self._bins(y.reshape(-1)).view(y.shape) if y.ndim > 1 else self._bins(y)
+        y = _plain(yb[0]).reshape(-1)
+        if self._fast is not None and y.dtype == torch.float32 and y.device == self._fast[0].device:
+            bounds, tab = self._fast  # the common case in two kernels: binary search over the exact edges, gather
+            w = torch.index_select(tab, 0, torch.bucketize(y, bounds, right=True))
+        else: w = self._bins._lookup(y)
+        return w.view(yb[0].shape)
 
     def __repr__(self): return f"{type(self).__name__}({self.bins!r})"
