@@ -258,7 +258,7 @@ def test_loss_without_per_sample_values_fails_before_any_batch():
         def forward(self, p, t): return ((p - t) ** 2).mean()
     learn = _learner(_tensor_dls(X, y), loss_func=(lf := Scalar()), cbs=WeightedPerSampleLoss(torch.ones(N_TR)))
     init = [p.clone() for p in learn.model.parameters()]
-    with pytest.raises(RuntimeError, match='cannot be weighted per sample'): learn.fit(1)
+    with pytest.raises(ValueError, match='`loss_func` gave values.*cannot be weighted per sample'): learn.fit(1)
     assert learn.loss_func is lf and lf.reduction == 'mean'  # found out at the first training batch, before any step
     assert all(torch.equal(a, b) for a, b in zip(init, learn.model.parameters()))
 

@@ -41,8 +41,8 @@ def _weighted_reduce(l, w, reduction):
     l, w = _plain(l), _plain(w)
     n = w.shape[0]
     if l.ndim == 0 or l.shape[0] == 0 or l.numel() % n:
-        raise RuntimeError(f"the loss gave values of shape {tuple(l.shape)} with reduction='none', which do not split into "
-                           f"{n} samples: it cannot be weighted per sample")
+        raise ValueError(f"`loss_func` gave values of shape {tuple(l.shape)} with reduction='none', which do not split into "
+                         f"{n} samples: it cannot be weighted per sample (does it ignore its `reduction`?)")
     if w.numel() != n and w.numel() != l.numel():
         raise RuntimeError(f"{w.numel()} weights for a per-sample loss of shape {tuple(l.shape)}")
     lw = l.reshape(n, -1) * w.reshape(n, -1)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_show_graph.ipynb #0f7403f3
 from __future__ import annotations
-import math, re
+import errno, math, os, re
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from fastai.callback.core import Callback
 from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0
 
 # %% auto #0
-__all__ = ['live_display', 'figure_path', 'show_figure', 'recorder_table', 'plot_metrics', 'ShowGraph']
+__all__ = ['live_display', 'figure_path', 'check_figure_path', 'show_figure', 'recorder_table', 'plot_metrics', 'ShowGraph']
 
 # %% ../nbs/11_show_graph.ipynb #7289fa5b
 def live_display() -> bool:
@@ -38,6 +38,18 @@ def figure_path(learn, # the Learner; a relative `fname` is under `learn.path`
     "Where a callback writes a figure: `fname` or `default`, relative to `learn.path` unless absolute"
     p = Path(fname or default)
     return p if p.is_absolute() else Path(learn.path)/p
+
+def check_figure_path(path:str|Path) -> Path: # the image file a callback will write during or after `fit`
+    "`path`, or an `OSError` naming it when it could not be written (a part of its folder is a file, or not writable); creates nothing"
+    # called in `before_fit`: a blocked path is found before training, not when the first figure is written
+    path = Path(path)
+    p = path.parent
+    while not p.exists() and p != p.parent: p = p.parent  # the folder, or the nearest part of its path that exists
+    if not p.is_dir(): raise NotADirectoryError(errno.ENOTDIR, f"cannot write the figure {path}: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK): raise PermissionError(errno.EACCES, f"cannot write the figure {path}: {p} is not writable")
+    if path.is_dir(): raise IsADirectoryError(errno.EISDIR, f"cannot write the figure {path}: it is a folder")
+    if path.exists() and not os.access(path, os.W_OK): raise PermissionError(errno.EACCES, f"cannot write the figure {path}: not writable")
+    return path
 
 def show_figure(fig, # a matplotlib figure
                 live:bool=None, # display it inline (default: `live_display()`)
@@ -63,6 +75,8 @@ def _finite(v):
 
 def recorder_table(recorder) -> dict:
     "`{name: per-epoch values}` from `recorder.values`, matched to `recorder.metric_names` by name; NaN where an epoch has no value"
+    if not (hasattr(recorder, 'metric_names') and hasattr(recorder, 'values')):
+        raise TypeError(f"`recorder` must be a fastai `Recorder` (`learn.recorder`), got {type(recorder).__name__}")
     names = [n for n in recorder.metric_names[1:] if n != 'time']
     cols = {n: [] for n in names}
     for row in recorder.values:
@@ -177,6 +191,7 @@ class ShowGraph(Callback):
         self.live = self.mode == 'notebook' or (self.mode == 'auto' and live_display())
         self.update_live = self.live and _updates_in_place()
         self.to_file = not self.live or self.fname is not None
+        if self.to_file: check_figure_path(self.image_path)  # the metrics figure goes next to it
         self.xs,self.ys,self.vx,self.vy,self.first_epoch,self.handle = [],[],[],[],None,None
 
     def after_epoch(self):

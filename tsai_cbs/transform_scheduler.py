@@ -13,7 +13,7 @@ from fastcore.basics import noop, noops
 from fastai.callback.core import Callback
 from fasttransform import Pipeline
 from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl, is_training_fit, warn0
-from .show_graph import live_display, show_figure, figure_path
+from .show_graph import live_display, show_figure, figure_path, check_figure_path
 
 # %% auto #0
 __all__ = ['TransformScheduler']
@@ -104,6 +104,8 @@ class TransformScheduler(Callback):
         self.active = is_training_fit(self.learn)
         if not self.active: return
         for p in self._probe_pcts: self._mult(p)  # fail before anything is changed
+        # where the plot is written after `fit`: a blocked path is an error now, not after training
+        if self.show_plot and is_rank0() and (self.fname is not None or not live_display()): check_figure_path(self.plot_path)
         self.scheduled,self.applied,self.cur,self.mults = self._find(),[],None,None
         self.keeper = StateKeeper()
         for t,_,_ in self.scheduled: self.keeper.keep(t, self.attr)
