@@ -34,6 +34,7 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + min_python,
     install_requires=_reqs('requirements'),
-    extras_require={'dev': _reqs('dev_requirements'), 'docs': _reqs('docs_requirements')},
+    extras_require={'dev': _reqs('dev_requirements'), 'docs': _reqs('docs_requirements'),
+                    'demo': _reqs('demo_requirements')},
     zip_safe=False,
 )
