@@ -259,14 +259,20 @@ FIT = [
     ('EarlyStopping next to AdaptiveCountsWeight monitors an unknown name', lambda t: (_ml_learner([AdaptiveCountsWeight({'seq': .3}), EarlyStoppingCallback(monitor='valid_seq_profil_loss')]), ()), ValueError, 'valid_seq_profil_loss'),
 ]
 
+_DEFAULT_CBS = ('TrainEvalCallback', 'Recorder', 'CastToTensor', 'ProgressCallback')
+
+@pytest.mark.parametrize('attach', ['Learner', 'fit'])
 @pytest.mark.parametrize('make,exc,match', [pytest.param(*a[1:], id=a[0]) for a in FIT])
-def test_bad_data_in_fit(in_tmp, allowed, make, exc, match):
+def test_bad_data_in_fit(in_tmp, allowed, make, exc, match, attach):
+    "The same error and the same untouched Learner whether the callbacks are given to `Learner(cbs=)` or to `fit(cbs=)`"
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         learn, tfms = make(in_tmp)
+        extra = [c for c in learn.cbs if type(c).__name__ not in _DEFAULT_CBS] if attach == 'fit' else []
+        learn.remove_cbs(extra)
         snap = Snapshot(learn, tfms)
         with pytest.raises(exc, match=match):
-            with learn.no_bar(), learn.no_logging(): learn.fit(2)
+            with learn.no_bar(), learn.no_logging(): learn.fit(2, cbs=extra)
     snap.check(learn, allowed)
     assert not [f for f in in_tmp.rglob('*.pth') if f.name != 'cut.pth'] and not list(in_tmp.rglob('*.png')), 'a file was written'
 
