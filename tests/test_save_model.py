@@ -1,5 +1,5 @@
 "SaveModel on real Learners and real files: exact resume, SIGKILL at random moments, DDP, ranking, NaN, loading on current torch."
-import os, random, select, signal, subprocess, sys, threading, time, warnings
+import io, os, random, select, shutil, signal, subprocess, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
 import pytest
@@ -91,18 +91,43 @@ def test_resume_after_mid_epoch_crash_and_explicit_file(in_tmp):
 
 
 def test_resume_from_a_finished_run_warns(in_tmp):
-    # a notebook cell with resume=True run a second time: nothing is left to train, which must not pass silently
+    # a notebook cell with resume=True run a second time, its `last` file kept: nothing is left to train, which must not pass silently
     learn = synth_learner()
-    quiet_fit(learn, 3, cbs=SaveModel(resume=True))
+    quiet_fit(learn, 3, cbs=SaveModel(resume=True, delete_last=False))
     values = [list(v) for v in learn.recorder.values]
     with pytest.warns(UserWarning, match='holds a finished run .epochs 0-2., so this fit has nothing left to train'):
-        quiet_fit(learn, 3, cbs=SaveModel(resume=True))
+        quiet_fit(learn, 3, cbs=SaveModel(resume=True, delete_last=False))
     assert [list(v) for v in learn.recorder.values] == values
     with warnings.catch_warnings():
         warnings.simplefilter('error', UserWarning)  # a run crashed before its end resumes without that warning
         b = synth_learner(path='b')
         with pytest.raises(RuntimeError, match='simulated crash'): quiet_fit(b, 3, cbs=[SaveModel(resume=True), Crash(1)])
         quiet_fit(synth_learner(path='b'), 3, cbs=SaveModel(resume=True))
+
+
+def test_finished_run_removes_its_resume_file_so_a_rerun_trains_again(in_tmp):
+    # Keras's BackupAndRestore: by default (with `resume`) a run that ends normally removes its `last` file
+    learn = synth_learner()
+    quiet_fit(learn, 3, cbs=SaveModel(resume=True))
+    assert files('.') == ['model.pth']
+    w = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)  # no "finished run" warning: the cell trains again
+        quiet_fit(learn, 3, cbs=SaveModel(resume=True))
+    assert len(learn.recorder.values) == 3 and files('.') == ['model.pth']
+    assert any(not torch.equal(w[k], v) for k, v in learn.model.state_dict().items())
+    # early stopping ends a fit normally too; an exception keeps the file for the resume
+    from fastai.callback.tracker import EarlyStoppingCallback
+    learn = synth_learner(path='es', metrics=Scripted([3., 2., 4., 5., 6., 7.]))
+    quiet_fit(learn, 6, cbs=[SaveModel(monitor='score', mode='min', resume=True), EarlyStoppingCallback('score', comp=np.less, patience=2)])
+    assert len(learn.recorder.values) == 4 and files('es') == ['model.pth']
+    with pytest.raises(RuntimeError, match='simulated crash'): quiet_fit(synth_learner(path='c'), 3, cbs=[SaveModel(resume=True), Crash(1)])
+    assert files('c') == ['model.pth', 'model_last.pth']
+    # save_last without resume is a product (Lightning's `last.ckpt`): kept unless asked
+    quiet_fit(synth_learner(path='keep'), 2, cbs=SaveModel(save_last=True))
+    assert files('keep') == ['model.pth', 'model_last.pth']
+    quiet_fit(synth_learner(path='del'), 2, cbs=SaveModel(save_last=True, delete_last=True))
+    assert files('del') == ['model.pth']
 
 
 def test_topk_ranking_and_files(in_tmp):
@@ -350,6 +375,7 @@ def test_sigkill_at_random_moments_leaves_complete_checkpoints(in_tmp):
             check.opt.load_state_dict(st['opt'])
             loaded += 1
             if n == 'm_last.pth': assert st['tsai_cbs']['epoch'] >= 0
+        if i: shutil.rmtree(path)  # ~36 MB a run: 24 runs would leave ~0.9 GB in the temp folder
     print(f'{n_kills} kills, {mid_write} in the middle of a write, {loaded} checkpoints loaded')
     assert loaded >= 2 * n_kills
     assert mid_write >= 1, 'no kill landed in the middle of a write: the test did not exercise atomicity'
@@ -358,6 +384,7 @@ def test_sigkill_at_random_moments_leaves_complete_checkpoints(in_tmp):
     done = load_checkpoint(in_tmp/'run0'/'models'/'m_last.pth')['tsai_cbs']['epoch']
     with pytest.warns(UserWarning, match='resuming a run of'): quiet_fit(learn, done + 2)
     assert learn.save_model.best_epoch == done + 1 and learn.recorder.values[-1][2] == np.linspace(1, 0, n_ep)[done + 1]
+    shutil.rmtree(in_tmp/'run0')
 
 
 def test_ddp_rank0_writes_others_wait_then_load_the_same_best(in_tmp):
@@ -405,3 +432,163 @@ def test_ddp_rank0_writes_others_wait_then_load_the_same_best(in_tmp):
     assert same0 == same1 == 'True'  # both loaded the final best file, fully written
     assert sorted(p.name for p in (in_tmp/'models').iterdir()) == ['model.pth', 'model_iter.pth', 'model_last.pth']
     assert [(in_tmp/f'resume{r}.txt').read_text() for r in (0, 1)] == ['True True'] * 2
+
+
+# ---- the state protocol and the resume file's checks
+
+def test_callback_states_keys_adapters_and_mismatches(in_tmp):
+    from fastai.callback.tracker import EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback
+    from tsai_cbs.save_model import callback_states, load_callback_states, match_callback_states
+    from tsai_cbs.stop_after import StopAfter
+    learn = synth_learner(cbs=[EarlyStoppingCallback(patience=5), ReduceLROnPlateau(patience=1), SaveModelCallback(fname='fa'),
+                               StopAfter(max_epochs=9), StopAfter(max_batches=1000)])
+    quiet_fit(learn, 3)
+    st = callback_states(learn)
+    assert list(st) == ['recorder', 'early_stopping', 'reduce_lr_on_plateau', 'save_model', 'stop_after', 'stop_after_1']
+    assert st['early_stopping'] == dict(cls='EarlyStoppingCallback', state=dict(best=learn.early_stopping.best, wait=learn.early_stopping.wait,
+                                                                               new_best=learn.early_stopping.new_best))
+    assert st['stop_after']['state']['n_epochs'] == 3 and st['stop_after_1']['state']['n_batches'] == 24
+    assert len(st['recorder']['state']['values']) == 3
+    # into a fresh Learner with the same callbacks: every value put back
+    s1, s2 = StopAfter(max_epochs=9), StopAfter(max_batches=1000)
+    fresh = synth_learner(cbs=[EarlyStoppingCallback(patience=5), ReduceLROnPlateau(patience=1), SaveModelCallback(fname='fa'), s1, s2])
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        load_callback_states(fresh, st)
+    assert (fresh.early_stopping.best, fresh.early_stopping.wait) == (learn.early_stopping.best, learn.early_stopping.wait)
+    assert fresh.reduce_lr_on_plateau.best == learn.reduce_lr_on_plateau.best and fresh.save_model.best == learn.save_model.best
+    assert fresh.recorder.values == learn.recorder.values and fresh.recorder.lrs == learn.recorder.lrs
+    assert [s1.n_epochs, s2.n_batches] == [3, 24]
+    # missing and extra callbacks are named; another class under a name is an error, before anything is loaded
+    other = synth_learner(cbs=[ReduceLROnPlateau(), StopAfter(max_epochs=2), Grab()])
+    with pytest.warns(UserWarning) as ws: match_callback_states(other, st)
+    msgs = ' | '.join(str(w.message) for w in ws)
+    assert 'early_stopping (EarlyStoppingCallback), save_model (SaveModelCallback), stop_after_1 (StopAfter)' in msgs and 'not restored' in msgs
+    other = synth_learner(cbs=[ReduceLROnPlateau(), EarlyStoppingCallback(), SaveModelCallback(), StopAfter(max_epochs=2),
+                               StopAfter(max_epochs=2), EpochLogLike()])
+    with pytest.warns(UserWarning, match=r'epoch_log_like \(EpochLogLike\): on this Learner but not in the checkpoint'):
+        match_callback_states(other, st)
+    st2 = dict(st, stop_after=dict(st['stop_after'], cls='OtherCallback'))
+    before = other.stop_after.n_epochs
+    with pytest.raises(ValueError, match=r'stop_after \(OtherCallback there, StopAfter here\)'): load_callback_states(other, st2)
+    assert other.stop_after.n_epochs == before and 'values' not in other.recorder.__dict__
+
+
+class EpochLogLike(Callback):
+    "A user's callback with the state protocol"
+    def __init__(self): self.seen = []
+    def after_epoch(self): self.seen.append(self.epoch)
+    def state_dict(self): return dict(seen=list(self.seen))
+    def load_state_dict(self, state): self.seen = list(state['seen'])
+
+
+def test_resume_file_damaged_unknown_version_or_other_model_is_a_clear_error(in_tmp):
+    learn = synth_learner(cbs=SaveModel(resume=True))
+    with pytest.raises(RuntimeError, match='simulated crash'): quiet_fit(learn, 4, cbs=Crash(1))
+    f = in_tmp/'models'/'model_last.pth'
+    good = f.read_bytes()
+    def refused(match, learn=learn):
+        w = {k: v.clone() for k, v in learn.model.state_dict().items()}
+        with pytest.raises(ValueError, match=match): quiet_fit(learn, 4)
+        assert all(torch.equal(w[k], v) for k, v in learn.model.state_dict().items())  # nothing changed, nothing trained
+    f.write_bytes(good[:len(good) // 2])  # cut short, e.g. by a full disk or an interrupted copy
+    refused(r"`resume`: the checkpoint .*model_last.pth cannot be read, it is damaged")
+    ck = torch.load(io.BytesIO(good), weights_only=False)
+    ck['tsai_cbs']['version'] = 7
+    torch.save(ck, f)
+    refused(r"model_last.pth has checkpoint format version 7; this version of tsai_cbs reads version 2")
+    f.write_bytes(good)
+    refused(r"holds the weights of another model", synth_learner(cbs=SaveModel(resume=True), hidden=8))
+    with warnings.catch_warnings(record=True) as ws:  # the good file resumes
+        warnings.simplefilter('always')
+        quiet_fit(synth_learner(cbs=SaveModel(resume=True)), 4)
+    assert not [w for w in ws if 'resum' in str(w.message) or 'restored' in str(w.message)]
+
+
+def test_unwritable_or_blocked_folder_is_an_oserror_before_training(in_tmp):
+    def refused(learn, match):
+        w = {k: v.clone() for k, v in learn.model.state_dict().items()}
+        with pytest.raises(OSError, match=match): quiet_fit(learn, 2, cbs=SaveModel())
+        assert learn.recorder.values == [] and all(torch.equal(w[k], v) for k, v in learn.model.state_dict().items())
+    Path('a').mkdir(); Path('a/models').write_text('a file where the folder should be')
+    refused(synth_learner(path='a'), r'SaveModel cannot write checkpoints to a/models: .*is a file')
+    Path('b').write_text('a file')
+    refused(synth_learner(path='b/run'), r'SaveModel cannot write checkpoints to b/run/models')
+    if os.geteuid() != 0:  # root writes through permissions
+        Path('ro/models').mkdir(parents=True); os.chmod('ro/models', 0o500)
+        try: refused(synth_learner(path='ro'), r'SaveModel cannot write checkpoints to ro/models')
+        finally: os.chmod('ro/models', 0o700)
+    quiet_fit(synth_learner(path='c'), 1, cbs=SaveModel())  # a folder that does not exist yet is fine
+    assert files('c') == ['model.pth']
+
+
+def test_mode_auto_knows_error_metrics_and_warns_when_it_cannot_tell(in_tmp):
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for m in ('mae', 'rmse', 'valid_mse', 'valid_loss', 'error_rate'): assert SaveModel(monitor=m).comp is np.less, m
+        for m in ('accuracy', 'f1_score', 'r2_score', 'roc_auc_score'): assert SaveModel(monitor=m).comp is np.greater, m
+        assert SaveModel(monitor='weird_metric', mode='min').comp is np.less  # given: no warning
+    with pytest.warns(UserWarning, match="mode='auto' cannot tell whether a higher or a lower `weird_metric2` is better; assuming higher"):
+        assert SaveModel(monitor='weird_metric2').comp is np.greater
+    # mae really is minimised during fit
+    from fastai.metrics import mae
+    learn = synth_learner(metrics=mae, cbs=SaveModel(monitor='mae'))
+    quiet_fit(learn, 4)
+    maes = [v[2] for v in learn.recorder.values]
+    assert learn.save_model.best == min(maes) and learn.save_model.best_epoch == int(np.argmin(maes))
+
+
+def test_at_end_best_path_never_names_a_file_holding_other_weights(in_tmp):
+    learn = synth_learner(cbs=[SaveModel(monitor='score', mode='min', at_end=True), Grab()], metrics=Scripted([1., 0., 2.]))
+    quiet_fit(learn, 3)
+    cb = learn.save_model
+    assert cb.best_epoch == 1 and cb.best_path is None  # model.pth now holds the final weights
+    saved = load_checkpoint('models/model.pth')
+    assert all(torch.equal(saved[k], w) for k, w in learn.grab.w.items())
+    # with a template both stay: the best at its own name, the final one at the last epoch's
+    class Keep(Callback):
+        order = 99
+        def before_fit(self): self.ws = []
+        def after_epoch(self): self.ws.append({k: v.clone() for k, v in self.model.state_dict().items()})
+    learn = synth_learner(path='t', metrics=Scripted([1., 0., 2.]), cbs=[SaveModel(monitor='score', mode='min', fname='m_{epoch}', at_end=True), Keep()])
+    quiet_fit(learn, 3)
+    cb = learn.save_model
+    assert cb.best_path.name == 'm_1.pth' and files('t') == ['m_1.pth', 'm_2.pth']  # the best and the final one
+    assert all(torch.equal(load_checkpoint(cb.best_path)[k], v) for k, v in learn.keep.ws[1].items())
+
+
+def test_learner_checkpoint_loads_as_the_learner_after_fit(in_tmp):
+    from fastai.learner import load_learner
+    from tsai_cbs.loss_weights import LDSWeightedLoss
+    learn = synth_learner()
+    loss = learn.loss_func
+    learn.add_cb(LDSWeightedLoss(labels=learn.dls.train.dataset.tensors[1]))
+    quiet_fit(learn, 2, cbs=SaveModel(save_as='learner'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        inf = load_learner('models/model.pkl')
+    assert type(inf.loss_func) is type(loss) and '_tsai_cbs_fit_cleanups' not in inf.__dict__  # not the per-sample stand-in
+    assert not any(type(c).__name__ == '_LastCheckpoint' for c in inf.cbs)
+    inf.dls = learn.dls
+    with inf.no_bar(), inf.no_logging(): v = inf.validate()  # was an IndexError
+    assert np.isfinite(v[0])
+    assert learn.loss_func is loss and not hasattr(learn, 'kept_rows')
+
+
+def test_background_iter_file_holds_its_own_batch_and_interrupted_lr_find(in_tmp):
+    class AtTrainEnd(Callback):
+        def after_train(self): self.w = {k: v.clone() for k, v in self.model.state_dict().items()}
+    learn = synth_learner(cbs=[SaveModel(every_n_batches=1, background=True), AtTrainEnd()])
+    quiet_fit(learn, 1)
+    it = load_checkpoint('models/model_iter.pth')
+    assert all(torch.equal(it[k], v) for k, v in learn.at_train_end.w.items())  # the last batch's weights, not the first's
+    # an lr_find interrupted by Ctrl-C leaves nothing that stops the next fit from saving
+    class Interrupt(Callback):
+        def after_batch(self):
+            if self.train_iter == 3: raise KeyboardInterrupt
+    learn = synth_learner(path='lr', cbs=[SaveModel(save_last=True), Interrupt()])
+    with pytest.raises(KeyboardInterrupt), learn.no_bar(), learn.no_logging(): learn.lr_find(num_it=20, show_plot=False)
+    learn.remove_cb(learn.interrupt)
+    assert not (Path('lr')/'models').exists() or files('lr') == []
+    quiet_fit(learn, 2)
+    assert learn.save_model.best_epoch is not None and files('lr') == ['model.pth', 'model_last.pth']

@@ -199,6 +199,21 @@ class AdaptiveCountsWeight(MultiLossCallback):
 
     def __repr__(self): return f"{type(self).__name__}(targets={self.targets}, aggression={self.aggression}, term={self.term!r})"
 
+# %% ../nbs/07_adaptive_loss.ipynb #aa383b0f
+from fastcore.basics import patch
+
+@patch
+def state_dict(self:AdaptiveCountsWeight) -> dict:
+    "λ (in the loss's weights), its history, the update count and the λ waiting for the next epoch (`SaveModel`'s state protocol)"
+    return dict(MultiLossCallback.state_dict(self), lambda_history=[dict(r) for r in self.lambda_history], n_updates=self.n_updates,
+                initialized=self.initialized, pending=None if self._pending is None else dict(self._pending))
+
+@patch
+def load_state_dict(self:AdaptiveCountsWeight, state:dict):
+    MultiLossCallback.load_state_dict(self, state)
+    self.lambda_history, self.n_updates = [dict(r) for r in state['lambda_history']], state['n_updates']
+    self.initialized, self._pending = state['initialized'], None if state['pending'] is None else dict(state['pending'])
+
 # %% ../nbs/07_adaptive_loss.ipynb #74dec6b6
 def adaptive_callbacks(targets:dict, # {head: counts_loss_frac_target}, see `AdaptiveCountsWeight`
                        early_stop:int=11, # early-stopping patience, epochs

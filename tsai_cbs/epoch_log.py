@@ -75,3 +75,14 @@ class EpochLog(Callback):
         self._emit(' | '.join(parts))
 
     def __repr__(self): return f"{type(self).__name__}(to={self.to!r}, every_n_batches={self.every_n_batches})"
+
+# %% ../nbs/09_epoch_log.ipynb #38f2dd1d
+from fastcore.basics import patch
+
+@patch
+def state_dict(self:EpochLog) -> dict:
+    "The epoch durations behind the ETA (`SaveModel`'s state protocol)"
+    return dict(durations=list(getattr(self, '_durations', [])))
+
+@patch
+def load_state_dict(self:EpochLog, state:dict): self._durations = list(state['durations'])

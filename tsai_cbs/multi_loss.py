@@ -246,3 +246,18 @@ class MultiLossCallback(Callback):
         return self.records.rebase(loss_at)
 
     def __repr__(self): return f"{type(self).__name__}(train_mean={self.train_mean})"
+
+# %% ../nbs/06_multi_loss.ipynb #5ace3ce3
+from fastcore.basics import patch
+
+@patch
+def state_dict(self:MultiLossCallback) -> dict:
+    "The loss's weights, the per-epoch term history and the tracker records (`SaveModel`'s state protocol)"
+    return dict(weights=dict(self.mloss._w), history={k: dict(v) for k, v in self.history.items()}, records=self.records.state_dict())
+
+@patch
+def load_state_dict(self:MultiLossCallback, state:dict):
+    for (h, k), v in state['weights'].items(): self.mloss.set_weight(h, k, v)
+    self.history = {tuple(k): dict(v) for k, v in state['history'].items()}
+    self.records.learn = self.learn
+    self.records.load_state_dict(state['records'])

@@ -4,25 +4,31 @@
 
 # %% ../nbs/05_save_model.ipynb #989be7c0
 from __future__ import annotations
-import io, math, os, random, re, socket, string, tempfile, time, warnings
+import errno, io, math, os, random, re, socket, string, tempfile, time, warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import nullcontext, suppress
+from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
 import cloudpickle
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch, noop
 from fastcore.foundation import L
-from fastai.callback.core import CancelEpochException
+from fastai.callback.core import Callback
 from fastai.callback.tracker import TrackerCallback
+from fastai.callback.schedule import ParamScheduler
+from fastai.callback.fp16 import MixedPrecision
 from fastai.torch_core import get_model
-from fastai.learner import load_model
+from fastai.learner import load_model, Recorder
 from fastai.data.core import DataLoaders
-from .core import (check_type, check_number, check_choice, on_fit_end, is_rank0, distrib_barrier,
-                           broadcast_object)
+from .core import (check_type, check_number, check_choice, on_fit_end, is_rank0, distrib_barrier, broadcast_object,
+                   is_training_fit, warn0, as_float, recorder_names)
+from .loss_weights import _WeightedLoss
 
 # %% auto #0
-__all__ = ['atomic_write', 'atomic_save', 'clean_tmp_files', 'load_checkpoint', 'get_rng_state', 'set_rng_state', 'SaveModel']
+__all__ = ['STATE_ADAPTERS', 'STATE_VERSION', 'atomic_write', 'atomic_save', 'clean_tmp_files', 'load_checkpoint',
+           'get_rng_state', 'set_rng_state', 'callback_states', 'match_callback_states', 'load_callback_states',
+           'CheckpointWriter', 'SaveModel']
 
 # %% ../nbs/05_save_model.ipynb #d22d7fe4
 _TMP_SUFFIX = '.tsai_cbs.tmp'
@@ -63,6 +69,7 @@ def atomic_save(obj, # anything `torch.save` can write
     "`torch.save(obj, path)` through `atomic_write`: a crash leaves the previous file or the new one, never a partial file"
     return atomic_write(path, lambda f: torch.save(obj, f, **kwargs))
 
+# %% ../nbs/05_save_model.ipynb #bb141a81
 def _pid_alive(pid):
     if os.name == 'nt': return True  # no safe probe there (`os.kill(pid, 0)` would interrupt the process): age decides
     try: os.kill(pid, 0)
@@ -91,7 +98,7 @@ def clean_tmp_files(folder, # folder of checkpoints
         with suppress(OSError): p.unlink(); n += 1
     return n
 
-# %% ../nbs/05_save_model.ipynb #ebd211bd
+# %% ../nbs/05_save_model.ipynb #e01615b4
 def _safe_globals():
     # what fastai's optimizer state needs besides tensors (same list as `fastai.learner.load_model`)
     core = getattr(np, '_core', None) or np.core  # numpy 2 renamed it; same objects
@@ -104,7 +111,7 @@ def load_checkpoint(file, # a file written by `SaveModel` (or `learn.save`)
     ctx = torch.serialization.safe_globals(_safe_globals()) if weights_only else nullcontext()
     with ctx: return torch.load(file, map_location=device, weights_only=weights_only)
 
-# %% ../nbs/05_save_model.ipynb #698887e1
+# %% ../nbs/05_save_model.ipynb #679c0c2b
 def _np_state():
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]  # plain Python: loads with weights_only=True
@@ -143,21 +150,28 @@ def _dl_rngs(dl):
 
 def _to_tuple(o): return tuple(_to_tuple(x) for x in o) if isinstance(o, (list, tuple)) else o
 
-def _copy_to_cpu(o):
-    "A copy of `o` with every tensor copied to the CPU, so a worker thread can write it while training goes on"
-    if isinstance(o, torch.Tensor): return o.detach().to('cpu', copy=True)
+# %% ../nbs/05_save_model.ipynb #1f665ba9
+def _map_tensors(o, fn):
+    "`o` with `fn` applied to every tensor in it, containers rebuilt (new dicts, lists, tuples)"
+    if isinstance(o, torch.Tensor): return fn(o)
     if isinstance(o, dict):
         r = o.__class__() if type(o).__module__ == 'collections' else {}
-        for k, v in o.items(): r[k] = _copy_to_cpu(v)
+        for k, v in o.items(): r[k] = _map_tensors(v, fn)
         if hasattr(o, '_metadata'): r._metadata = o._metadata  # `load_state_dict` reads the module versions from it
         return r
-    if isinstance(o, L): return L(_copy_to_cpu(v) for v in o)
-    if isinstance(o, (list, tuple)): return type(o)(_copy_to_cpu(v) for v in o)
+    if isinstance(o, L): return L(_map_tensors(v, fn) for v in o)
+    if isinstance(o, (list, tuple)): return type(o)(_map_tensors(v, fn) for v in o)
     return o
 
-# %% ../nbs/05_save_model.ipynb #1f665ba9
-_MODES, _SAVE_AS = ('auto', 'min', 'max'), ('weights', 'learner')
+def _copy_to_cpu(o):
+    "A copy of `o` with every tensor copied to the CPU, so a worker thread can write it while training goes on"
+    return _map_tensors(o, lambda t: t.detach().to('cpu', copy=True))
 
+def _plain_tensors(o):
+    "`o` with fastai's tensor subclasses (`TensorBase`, ...) as plain tensors: `weights_only` loading refuses them"
+    return _map_tensors(o, lambda t: t.detach().as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t)
+
+# %% ../nbs/05_save_model.ipynb #c5150061
 def _template_fields(fname):
     try: parsed = list(string.Formatter().parse(fname))
     except ValueError as e: raise ValueError(f"`fname` is not a valid template ({e}): {fname!r}") from None
@@ -175,22 +189,228 @@ def _empty_dls(dls):
     try: return dls.new_empty()
     except AttributeError: return DataLoaders(device=getattr(dls, 'device', None))  # datasets without `new_empty`, e.g. TensorDataset
 
-def _smooth_state(rec):
-    sl = getattr(rec, 'smooth_loss', None)  # the running train loss the recorder reports
-    return dict(count=int(sl.count), val=sl.val.detach().cpu().clone().as_subclass(torch.Tensor)) if hasattr(sl, 'count') and isinstance(getattr(sl, 'val', None), torch.Tensor) else None
+# %% ../nbs/05_save_model.ipynb #95828e7a
+def _tracker_state(cb): return {k: cb.__dict__[k] for k in ('best', 'wait', 'new_best') if k in cb.__dict__}
+def _tracker_load(cb, st): cb.__dict__.update(st)
 
-def _set_smooth_state(rec, st):
-    sl = getattr(rec, 'smooth_loss', None)
-    if st is not None and sl is not None: sl.count, sl.val = st['count'], st['val'].to(sl.val.device)
+def _recorder_state(rec):
+    sl, losses = rec.smooth_loss, list(rec.losses)
+    return dict(values=[list(r) for r in rec.values], lrs=list(rec.lrs), iters=list(rec.iters),
+                losses=torch.stack([torch.as_tensor(v) for v in losses]) if losses else None,  # one device-to-host copy
+                smooth=dict(count=int(sl.count), val=sl.val) if isinstance(getattr(sl, 'val', None), torch.Tensor) else None)
 
-def _to_float(v):
-    try: return float(v)
-    except (TypeError, ValueError): return float('nan')
+def _recorder_load(rec, st):
+    rec.values, rec.lrs, rec.iters = [L(r) for r in st['values']], list(st['lrs']), list(st['iters'])
+    rec.losses = [] if st['losses'] is None else list(st['losses'].unbind())
+    if st['values']: rec.learn.final_record = L(st['values'][-1])
+    sl, s = rec.smooth_loss, st['smooth']
+    if s is not None: sl.count, sl.val = s['count'], s['val'].to(sl.val.device if isinstance(getattr(sl, 'val', None), torch.Tensor) else 'cpu')
 
-# %% ../nbs/05_save_model.ipynb #80e83346
+def _mixed_precision_state(cb):
+    sc = getattr(cb.learn, 'scaler', None)
+    return dict(scaler=sc.state_dict() if sc is not None else {}, scales=list(cb.scales or []))
+
+def _mixed_precision_load(cb, st):
+    sc = getattr(cb.learn, 'scaler', None)
+    if sc is not None and st['scaler']: sc.load_state_dict(st['scaler'])
+    cb.scales = L(st['scales'])
+
+STATE_ADAPTERS = {  # class: (state of an instance, load a state into an instance)
+    TrackerCallback: (_tracker_state, _tracker_load),
+    Recorder: (_recorder_state, _recorder_load),
+    ParamScheduler: (lambda cb: dict(hps={k: list(v) for k, v in getattr(cb, 'hps', {}).items()}),
+                     lambda cb, st: setattr(cb, 'hps', {k: list(v) for k, v in st['hps'].items()})),
+    MixedPrecision: (_mixed_precision_state, _mixed_precision_load),
+}
+
+# %% ../nbs/05_save_model.ipynb #e82308fa
+def _state_fns(cb):
+    "`(get, load)` for `cb`'s state, or None if it holds none"
+    t = type(cb)  # a Callback passes unknown attributes on to its Learner: look at the class
+    if callable(getattr(t, 'state_dict', None)) and callable(getattr(t, 'load_state_dict', None)):
+        return cb.state_dict, cb.load_state_dict
+    for k in t.__mro__:
+        if k in STATE_ADAPTERS:
+            get, load = STATE_ADAPTERS[k]
+            return partial(get, cb), partial(load, cb)
+    return None
+
+def _stateful(learn, skip=()):
+    "`[(key, callback, get, load)]` for every callback of `learn` with state, in `learn.cbs` order"
+    out, seen = [], {}
+    for cb in learn.cbs:
+        fns = None if any(cb is s for s in skip) else _state_fns(cb)
+        if fns is None: continue
+        n = seen[cb.name] = seen.get(cb.name, -1) + 1
+        out.append((cb.name if n == 0 else f'{cb.name}_{n}', cb, *fns))
+    return out
+
+def callback_states(learn, # the `Learner`
+                    skip=()): # callbacks to leave out
+    "`{key: {'cls': class name, 'state': state_dict}}` for every callback of `learn` that has state"
+    return {k: dict(cls=type(cb).__name__, state=_plain_tensors(get())) for k, cb, get, _ in _stateful(learn, skip)}
+
+# %% ../nbs/05_save_model.ipynb #016faa30
+def match_callback_states(learn, # the `Learner` to load into
+                          states:dict, # from `callback_states`
+                          skip=(), # callbacks to leave out
+                          source='the checkpoint'): # how the messages name where `states` come from
+    "`[(callback load function, state)]` for `states` on `learn`; ValueError for a class mismatch, warnings for missing or extra callbacks"
+    cur = {k: (cb, load) for k, cb, _, load in _stateful(learn, skip)}
+    bad = [f"{k} ({states[k]['cls']} there, {type(cur[k][0]).__name__} here)" for k in states if k in cur and type(cur[k][0]).__name__ != states[k]['cls']]
+    if bad: raise ValueError(f"{source} holds the state of other callbacks under these names: {', '.join(bad)}")
+    extra = [f"{k} ({s['cls']})" for k, s in states.items() if k not in cur]
+    missing = [f"{k} ({type(cb).__name__})" for k, (cb, _) in cur.items() if k not in states]
+    if extra: warn0(f"{source} holds the state of {', '.join(extra)}, not on this Learner: not restored")
+    if missing: warn0(f"{', '.join(missing)}: on this Learner but not in {source}; they start afresh, so the run may differ from the interrupted one")
+    return [(cur[k][1], s['state']) for k, s in states.items() if k in cur]
+
+def load_callback_states(learn, states:dict, skip=(), source='the checkpoint'):
+    "Give every callback of `learn` its state from `states` (see `match_callback_states`)"
+    for load, st in match_callback_states(learn, states, skip, source): load(st)
+
+# %% ../nbs/05_save_model.ipynb #84acf2ee
+class CheckpointWriter:
+    "Writes `SaveModel`'s files: atomically, on rank 0 only, in order, in the training thread or a worker thread (`background`)"
+    def __init__(self, save_as:str='weights', background:bool=False):
+        self.save_as, self.background, self.learn, self.n_written, self.last_saved_path = save_as, background, None, 0, None
+        self._pool, self._futures, self._snap = None, [], {}
+
+    def __getstate__(self):  # a Learner exported mid-fit (`save_as='learner'`) holds its SaveModel: no thread, no snapshot
+        return {**self.__dict__, 'learn': None, '_pool': None, '_futures': [], '_snap': {}}
+
+    def folder(self) -> Path: return Path(self.learn.path)/self.learn.model_dir
+    def file(self, name, learner=None) -> Path:
+        "The file of checkpoint `name`: `.pkl` for a whole Learner, else `.pth`"
+        learner = self.save_as == 'learner' if learner is None else learner
+        return self.folder()/f"{name}{'.pkl' if learner else '.pth'}"
+
+    def check_folder(self):
+        "An unwritable or blocked checkpoint folder is an `OSError` now, not after an epoch (nothing is created)"
+        if not is_rank0(): return
+        d = p = self.folder()
+        while not p.exists() and p != p.parent: p = p.parent  # the folder, or the nearest part of its path that exists
+        try:
+            if not p.is_dir(): raise NotADirectoryError(errno.ENOTDIR, f"{p} is a file, not a folder")
+            if p == d:  # a real write: also catches read-only mounts and full quotas
+                fd, tmp = tempfile.mkstemp(prefix='.probe.', suffix=_TMP_SUFFIX, dir=d)
+                os.close(fd); os.unlink(tmp)
+            elif not os.access(p, os.W_OK | os.X_OK): raise PermissionError(errno.EACCES, f"{p} is not writable")
+        except OSError as e:
+            raise OSError(e.errno, f"SaveModel cannot write checkpoints to {d}: {e.strerror or e}; "
+                                   "check `learn.path` and `learn.model_dir`") from None
+
+# %% ../nbs/05_save_model.ipynb #09c2f044
+@patch
+def submit(self:CheckpointWriter, fn, rank0_only=True):
+    "Run `fn` (a write or a delete) now, or queue it for the worker thread with `background`"
+    if rank0_only and not is_rank0(): return
+    if not self.background: return fn()
+    if self._pool is None: self._pool = ThreadPoolExecutor(1, thread_name_prefix='SaveModel')
+    self._futures.append(self._pool.submit(fn))  # one worker: files are written (and dropped) in order
+
+@patch
+def join(self:CheckpointWriter):
+    "Wait for the writes in flight; a failed write raises here, in the training thread"
+    futs, self._futures = self._futures, []
+    errs = [e for e in (f.exception() for f in futs) if e is not None]
+    if errs: raise errs[0]
+
+@patch
+def close(self:CheckpointWriter):
+    "`join`, then stop the worker thread"
+    try: self.join()
+    finally:
+        if self._pool is not None: self._pool.shutdown(wait=True); self._pool = None
+
+@patch
+def write(self:CheckpointWriter, path, write_fn):
+    atomic_write(path, write_fn)
+    self.n_written += 1
+
+@patch
+def delete(self:CheckpointWriter, name, learner=None):
+    "Remove checkpoint `name` (after the writes queued before it)"
+    p = self.file(name, learner)
+    self.submit(lambda: p.unlink(missing_ok=True))
+
+# %% ../nbs/05_save_model.ipynb #4571ec56
+@patch
+def new_moment(self:CheckpointWriter): self._snap = {}
+
+@patch
+def snapshot(self:CheckpointWriter, with_opt):
+    "Model (and optimizer) state: references, or CPU copies when a worker writes them while training goes on"
+    s, cp, learn = self._snap, (_copy_to_cpu if self.background else (lambda o: o)), self.learn
+    if 'model' not in s: s['model'] = cp(get_model(learn.model).state_dict())
+    if with_opt and 'opt' not in s: s['opt'] = cp(learn.opt.state_dict()) if getattr(learn, 'opt', None) is not None else None
+    return s['model'], (s.get('opt') if with_opt else None)
+
+@patch
+def save_weights(self:CheckpointWriter, name, with_opt, extra=None):
+    "`learn.save`'s format (`{'model', 'opt'}` or the bare state dict); `extra` adds the resume data under `'tsai_cbs'`"
+    path = self.last_saved_path = self.file(name, learner=False)
+    if not is_rank0(): return path
+    ms, opt = self.snapshot(with_opt)
+    obj = {'model': ms, 'opt': opt} if opt is not None or extra is not None else ms
+    if extra is not None: obj['tsai_cbs'] = _copy_to_cpu(extra) if self.background else extra
+    self.submit(lambda: self.write(path, lambda f: torch.save(obj, f, pickle_protocol=2)))
+    return path
+
+@patch
+def save_model(self:CheckpointWriter, name, with_opt=False):
+    "Checkpoint `name` in the `save_as` format"
+    if self.save_as == 'weights': return self.save_weights(name, with_opt)
+    path = self.last_saved_path = self.file(name)
+    if not is_rank0(): return path
+    if not self.background: self.write(path, self.pickle_learner); return path
+    buf = io.BytesIO(); self.pickle_learner(buf)  # the Learner changes as training goes on: pickle it now
+    data = buf.getvalue()
+    self.submit(lambda: self.write(path, lambda f: f.write(data)))
+    return path
+
+# %% ../nbs/05_save_model.ipynb #55177947
+def _unwrapped_loss(lf):
+    while isinstance(lf, _WeightedLoss): lf = lf.loss_func  # the per-sample weighting's stand-in, set for this fit only
+    return lf
+
+@patch
+def pickle_learner(self:CheckpointWriter, f):
+    "Write the Learner as `learn.export` does, taken mid-fit: no data, optimizer, batch or in-fit state"
+    learn, d = self.learn, self.learn.__dict__
+    attrs = ('dls', 'opt', 'dl', 'xb', 'yb', 'pred', 'loss', 'loss_func')
+    old = {k: getattr(learn, k, None) for k in attrs}
+    gone = {k: d.pop(k) for k in ('_tsai_cbs_fit_cleanups', 'kept_rows') if k in d}
+    try:
+        learn.dls, learn.loss_func = _empty_dls(learn.dls), _unwrapped_loss(learn.loss_func)
+        learn.opt, learn.dl, learn.xb, learn.yb, learn.pred, learn.loss = None, None, (None,), (None,), None, None
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.save(learn, f, pickle_module=cloudpickle, pickle_protocol=2)
+    finally:
+        for k, v in old.items(): setattr(learn, k, v)
+        d.update(gone)
+
+# %% ../nbs/05_save_model.ipynb #4e502bad
+_MODES, _SAVE_AS = ('auto', 'min', 'max'), ('weights', 'learner')
+# names whose direction fastai's rule ('loss'/'error' in the name: lower is better, else higher) gets wrong or cannot know
+_LOWER = {'mae', 'mse', 'rmse', 'msle', 'rmsle', 'mape', 'smape', 'exp_rmspe', 'perplexity', 'mean_absolute_error',
+          'mean_squared_error', 'root_mean_squared_error', 'mean_squared_logarithmic_error'}
+_HIGHER = {'accuracy', 'acc', 'balanced_accuracy', 'top_k_accuracy', 'f1', 'f1_score', 'fbeta', 'precision', 'recall',
+           'roc_auc', 'roc_auc_score', 'auc', 'r2', 'r2_score', 'explained_variance', 'matthews_corrcoef', 'cohen_kappa',
+           'dice', 'dice_multi', 'jaccard', 'jaccard_coeff', 'pearsonr', 'spearmanr', 'foreground_acc', 'accuracy_multi'}
+
+def _auto_lower(monitor):
+    "Lower is better for `monitor`? `None` when the name does not tell"
+    base = re.sub(r'^(train|valid)_', '', monitor.lower())
+    if 'loss' in base or 'error' in base or base in _LOWER: return True
+    if base in _HIGHER: return False
+    return None
+
+# %% ../nbs/05_save_model.ipynb #6e7d0fb4
 class SaveModel(TrackerCallback):
     "A `TrackerCallback` that saves the best model (crash-safe) during training and loads it at the end; top-k, periodic and resumable checkpoints"
-    order,_stateattrs = TrackerCallback.order+1,('_pool','_futures','_snap')
+    order, _stateattrs = TrackerCallback.order+1, ('_resumed', '_undo')
     def __init__(self,
         monitor:str='valid_loss', # value (loss or metric) being monitored, a name of `learn.recorder.metric_names`
         comp=None, # comparison operator, e.g. `np.less`; default: from `mode`
@@ -201,7 +421,7 @@ class SaveModel(TrackerCallback):
         with_opt:bool=False, # include the optimizer state
         reset_on_fit:bool=True, # forget `best` (and the top-k list) at the start of every `fit`
         verbose:bool=False, # print a line for every improvement
-        mode:str='auto', # 'min', 'max', or 'auto': `comp` if given, else lower is better when 'loss' or 'error' is in `monitor`
+        mode:str='auto', # 'min', 'max', or 'auto': `comp` if given, else from the name of `monitor` (warns when it cannot tell)
         save_top_k:int=1, # keep the k best checkpoints (-1: all of them); k != 1 needs a template `fname`
         save_last:bool|str=False, # also write a resumable checkpoint after every epoch: True for `'{stem}_last'`, or its name
         every_n_batches:int|None=None, # also save weights every n training batches, as `'{stem}_iter'`
@@ -210,50 +430,23 @@ class SaveModel(TrackerCallback):
         save_as:str='weights', # 'weights': `learn.save`'s format (.pth); 'learner': the whole `Learner` like `learn.export` (.pkl)
         resume:bool|str=False, # True: continue from the `save_last` checkpoint if there is one; a name/path: from that file
         background:bool=False, # copy the state, then write it in a worker thread (files stay atomic)
+        delete_last:bool|None=None, # remove the `last` checkpoint when `fit` ends normally; None: True with `resume` (Keras), else False
     ):
-        check_type('monitor', monitor, str)
-        check_choice('mode', mode, _MODES)
-        if comp is not None and not callable(comp): raise TypeError(f"`comp` must be a comparison function such as np.less, got {comp!r}")
-        if mode != 'auto':
-            mcomp = np.less if mode == 'min' else np.greater
-            if comp is not None and bool(comp(0., 1.)) != bool(mcomp(0., 1.)):
-                raise ValueError(f"`comp`={comp!r} contradicts `mode`={mode!r}; give one of them")
-            comp = mcomp
-        check_number('min_delta', min_delta, 0)
-        check_type('fname', fname, str)
-        if not fname.strip(): raise ValueError("`fname` must be a non-empty name")
-        fields = _template_fields(fname)
-        check_type('every_epoch', every_epoch, (bool, int))
-        check_number('every_epoch', int(every_epoch), 0, integer=True)
-        if every_epoch and at_end: raise ValueError("`every_epoch` and `at_end` cannot both be set")
-        for n, v in dict(at_end=at_end, with_opt=with_opt, reset_on_fit=reset_on_fit, verbose=verbose, background=background).items():
-            check_type(n, v, bool)
-        check_number('save_top_k', save_top_k, -1, integer=True)
-        if save_top_k == 0: raise ValueError("`save_top_k` must be -1 (keep all) or >= 1, got 0")
-        if save_top_k != 1 and every_epoch:
-            raise ValueError(f"`save_top_k`={save_top_k} has no effect with `every_epoch`, which saves every N epochs instead of the best")
-        if save_top_k != 1 and not fields:
-            raise ValueError(f"`save_top_k`={save_top_k} needs a template `fname` so the checkpoints get different names, e.g. '{fname}_{{epoch}}'")
-        check_type('save_last', save_last, (bool, str))
-        check_number('every_n_batches', every_n_batches, 1, integer=True, allow_none=True)
-        check_number('initial_value_threshold', initial_value_threshold, allow_none=True)
-        check_number('start_from_epoch', start_from_epoch, 0, integer=True)
-        check_choice('save_as', save_as, _SAVE_AS)
-        if save_as == 'learner' and with_opt: raise ValueError("`with_opt=True` needs `save_as='weights'`: an exported Learner holds no optimizer state")
-        check_type('resume', resume, (bool, str, os.PathLike))
+        comp = self._init_monitor_mode(monitor, comp, mode)
+        fields = self._init_ckpt_names(fname, save_last, save_as, resume)
+        self._init_triggers(every_epoch, at_end, save_top_k, every_n_batches, initial_value_threshold, start_from_epoch, min_delta)
+        for n, v in dict(with_opt=with_opt, reset_on_fit=reset_on_fit, verbose=verbose, background=background).items(): check_type(n, v, bool)
+        check_type('delete_last', delete_last, bool, allow_none=True)
+        self._validate_init_configuration(fname, fields, every_epoch, at_end, with_opt, save_top_k, save_last, save_as)
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
         self._lower = bool(self.comp(0., 1.))  # direction, also for a custom `comp`
         self.min_delta = -min_delta if self._lower else min_delta  # same convention as fastai's TrackerCallback
-        stem = _stem(fname)
-        self.last_name = (save_last if isinstance(save_last, str) else f'{stem}_last') if (save_last or resume is not False) else None
-        self.iter_name = f'{stem}_iter' if every_n_batches else None
-        taken = {n: k for k, n in (('fname', None if fields or save_as == 'learner' else fname), ('every_n_batches', self.iter_name)) if n}
-        if self.last_name in taken:  # one file would be overwritten by the other (and the best load a `last` file)
-            raise ValueError(f"`save_last`={save_last!r} names the file that `{taken[self.last_name]}` writes ({self.last_name}.pth); give another name")
         store_attr('fname,every_epoch,at_end,with_opt,verbose,mode,save_top_k,save_last,every_n_batches,initial_value_threshold,'
                    'start_from_epoch,save_as,resume,background')
-        self._fields, self.best_epoch, self.best_name, self.checkpoints, self.last_saved_path = fields, None, None, [], None
-        self.new_best, self.n_written, self._pool, self._futures, self._skip_to, self._snap = False, 0, None, [], 0, {}
+        self.delete_last = resume is not False if delete_last is None else delete_last
+        self.writer, self._fields = CheckpointWriter(save_as, background), fields
+        self.best_epoch, self.best_name, self.checkpoints, self.new_best = None, None, [], False
+        self._fitting, self._skip_to, self._logs, self._resumed, self._undo = False, 0, [], None, []
 
     # `best` is the one reference for every comparison. A callback that re-defines the monitored value may assign it
     # (re-basing); the checkpoints kept so far then rank below any new one, since their values are on the old scale.
@@ -265,237 +458,332 @@ class SaveModel(TrackerCallback):
         for c in self.__dict__.get('checkpoints', ()): c['stale'] = True
     def _set_best(self, v): self.__dict__['_best'] = v
 
-    def __repr__(self):
-        return f"{type(self).__name__}(monitor={self.monitor!r}, fname={self.fname!r}, best={self.best}, best_epoch={self.best_epoch})"
+# %% ../nbs/05_save_model.ipynb #f96b7baa
+@patch
+def _init_monitor_mode(self:SaveModel, monitor, comp, mode):
+    "Check `monitor`, `comp` and `mode`; the comparison to use"
+    check_type('monitor', monitor, str)
+    check_choice('mode', mode, _MODES)
+    if comp is not None and not callable(comp): raise TypeError(f"`comp` must be a comparison function such as np.less, got {comp!r}")
+    if mode != 'auto':
+        mcomp = np.less if mode == 'min' else np.greater
+        if comp is not None and bool(comp(0., 1.)) != bool(mcomp(0., 1.)):
+            raise ValueError(f"`comp`={comp!r} contradicts `mode`={mode!r}; give one of them")
+        return mcomp
+    if comp is not None: return comp
+    lower = _auto_lower(monitor)
+    if lower is None:
+        warn0(f"SaveModel: mode='auto' cannot tell whether a higher or a lower `{monitor}` is better; assuming higher "
+              f"(fastai's rule). Give mode='min' or mode='max'", once=('SaveModel.mode', monitor))
+    return np.less if lower else np.greater
 
-    # ---- names and files
-    def _names(self): return [n for n in self.recorder.metric_names[1:] if n != 'time']  # recorder rows hold no time
-    def _dir(self): return Path(self.learn.path)/self.learn.model_dir
-    def _file(self, name, learner=None):
-        learner = self.save_as == 'learner' if learner is None else learner
-        return self._dir()/f"{name}{'.pkl' if learner else '.pth'}"
-    def _format(self, row):
-        return self.fname.format(epoch=self.epoch, **dict(zip(self._names(), row)))
+# %% ../nbs/05_save_model.ipynb #905989bc
+@patch
+def _init_ckpt_names(self:SaveModel, fname, save_last, save_as, resume):
+    "Check `fname`, `save_last`, `save_as`, `resume`; set `last_name` and `iter_name` later used by the triggers"
+    check_type('fname', fname, str)
+    if not fname.strip(): raise ValueError("`fname` must be a non-empty name")
+    fields = _template_fields(fname)
+    check_type('save_last', save_last, (bool, str))
+    if isinstance(save_last, str) and not save_last.strip(): raise ValueError("`save_last` must be True/False or a non-empty name")
+    check_choice('save_as', save_as, _SAVE_AS)
+    check_type('resume', resume, (bool, str, os.PathLike))
+    stem = _stem(fname)
+    self.last_name = (save_last if isinstance(save_last, str) else f'{stem}_last') if (save_last or resume is not False) else None
+    self._stem = stem
+    return fields
 
-    def before_fit(self):
-        "Check `monitor` and `fname` against the recorder, reset or keep `best`, and resume if asked"
-        # `learn.validate()` sends before_fit/after_epoch/after_fit too: only a real `fit` counts
-        self.run = not hasattr(self, 'lr_finder') and not hasattr(self, 'gather_preds') and on_fit_end(self.learn, self._close)
-        if not self.run: return
-        self._pool, self._futures = None, []
-        names = self._names()
-        if self.monitor not in names:
-            raise ValueError(f"`monitor`={self.monitor!r} is not recorded by this Learner; available: {', '.join(names)}")
-        unknown = [f for f in self._fields if f != 'epoch' and f not in names]
-        if unknown:
-            raise ValueError(f"`fname`={self.fname!r} uses {', '.join(unknown)}, not recorded by this Learner; available: epoch, {', '.join(names)}")
-        try: self.fname.format(epoch=0, **{n: 0. for n in names})
-        except (ValueError, TypeError) as e: raise ValueError(f"`fname`={self.fname!r} cannot be formatted ({e})") from None
-        self.idx = names.index(self.monitor)
-        if self.reset_on_fit or self.best is None:
-            self._set_best(self._initial())
-            self.best_epoch, self.best_name, self.checkpoints = None, None, []
-        self.new_best, self.n_written, self._snap, self._skip_to, self._resumed = False, 0, {}, 0, None
-        if is_rank0(): clean_tmp_files(self._dir())
-        if self.resume is not False: self._load_resume()
+@patch
+def _init_triggers(self:SaveModel, every_epoch, at_end, save_top_k, every_n_batches, initial_value_threshold, start_from_epoch, min_delta):
+    "Check when to save: every epoch/n batches, at the end, the best k, thresholds"
+    check_number('min_delta', min_delta, 0)
+    check_type('every_epoch', every_epoch, (bool, int))
+    check_number('every_epoch', int(every_epoch), 0, integer=True)
+    check_type('at_end', at_end, bool)
+    check_number('save_top_k', save_top_k, -1, integer=True)
+    if save_top_k == 0: raise ValueError("`save_top_k` must be -1 (keep all) or >= 1, got 0")
+    check_number('every_n_batches', every_n_batches, 1, integer=True, allow_none=True)
+    check_number('initial_value_threshold', initial_value_threshold, allow_none=True)
+    check_number('start_from_epoch', start_from_epoch, 0, integer=True)
+    self.iter_name = f'{self._stem}_iter' if every_n_batches else None
 
-    def _initial(self):
-        if self.initial_value_threshold is not None: return float(self.initial_value_threshold)
-        return float('inf') if self._lower else -float('inf')
+# %% ../nbs/05_save_model.ipynb #2a688ff2
+@patch
+def _validate_init_configuration(self:SaveModel, fname, fields, every_epoch, at_end, with_opt, save_top_k, save_last, save_as):
+    "The combinations that cannot work together"
+    if every_epoch and at_end: raise ValueError("`every_epoch` and `at_end` cannot both be set")
+    if save_top_k != 1 and every_epoch:
+        raise ValueError(f"`save_top_k`={save_top_k} has no effect with `every_epoch`, which saves every N epochs instead of the best")
+    if save_top_k != 1 and not fields:
+        raise ValueError(f"`save_top_k`={save_top_k} needs a template `fname` so the checkpoints get different names, e.g. '{fname}_{{epoch}}'")
+    if save_as == 'learner' and with_opt: raise ValueError("`with_opt=True` needs `save_as='weights'`: an exported Learner holds no optimizer state")
+    taken = {n: k for k, n in (('fname', None if fields or save_as == 'learner' else fname), ('every_n_batches', self.iter_name)) if n}
+    if self.last_name in taken:  # one file would be overwritten by the other (and the best load a `last` file)
+        raise ValueError(f"`save_last`={save_last!r} names the file that `{taken[self.last_name]}` writes ({self.last_name}.pth); give another name")
 
-    def before_epoch(self):
-        "Skip the epochs a resumed run has already done, recording (and logging) their values again"
-        if self.epoch < self._skip_to:
-            vals = self._resumed['values']
-            if self.epoch < len(vals): self.recorder.log += L(vals[self.epoch])  # the recorder logs and stores them after the epoch
-            raise CancelEpochException
+# %% ../nbs/05_save_model.ipynb #4e6f22a7
+@patch(as_prop=True)
+def n_written(self:SaveModel): return self.writer.n_written
+@patch(as_prop=True)
+def last_saved_path(self:SaveModel): return self.writer.last_saved_path
 
-    def after_batch(self):
-        "Save the weights every `every_n_batches` training batches"
-        if self.every_n_batches and self.training and self.train_iter % self.every_n_batches == 0:
-            self._join()  # at most one batch of writes in flight
-            self._save_weights(self.iter_name, self._snapshot(self.with_opt))
+@patch(as_prop=True)
+def best_path(self:SaveModel):
+    "Path of the checkpoint that holds `best` (None if there is none)"
+    return None if self.best_name is None or self.learn is None else self.writer.file(self.best_name)
 
-    def after_epoch(self):
-        "Track `monitor`; save the best / top-k, periodic and last checkpoints"
-        if self.epoch < self._skip_to: return self._replay()
-        self._join()
-        self._snap = {}
-        row = broadcast_object([_to_float(v) for v in self.recorder.values[-1]])  # rank 0 decides for every rank
-        val = row[self.idx]
-        self.new_best = False
-        if self.epoch >= self.start_from_epoch and math.isfinite(val):
-            self.new_best = bool(self.comp(val - self.min_delta, self.best))
-            save = not self.every_epoch and self._qualifies(val)
-            if self.new_best: self._set_best(val); self.best_epoch = self.epoch
-            if save: self._save_ranked(val, row)
-        if self.every_epoch and self.epoch % int(self.every_epoch) == 0:
-            self._save_model(self._format(row) if self._fields else f'{self.fname}_{self.epoch}')
-        if self.last_name: self._save_last()
-        self._snap = {}
+@patch
+def __repr__(self:SaveModel):
+    return f"{type(self).__name__}(monitor={self.monitor!r}, fname={self.fname!r}, best={self.best}, best_epoch={self.best_epoch})"
 
-    def _qualifies(self, val):
-        if self.new_best: return True
-        if self.save_top_k == 1: return False
-        if self.initial_value_threshold is not None and not self.comp(val, self.initial_value_threshold): return False
-        rest = [c for c in self.checkpoints if c['name'] != self.best_name]
-        return self.save_top_k == -1 or len(self.checkpoints) < self.save_top_k or self._ranks_above(dict(value=val, stale=False), rest[-1])
+@patch
+def _names(self:SaveModel): return recorder_names(self.recorder)
+@patch
+def _format(self:SaveModel, row): return self.fname.format(epoch=self.epoch, **dict(zip(self._names(), row)))
+@patch
+def _initial(self:SaveModel):
+    if self.initial_value_threshold is not None: return float(self.initial_value_threshold)
+    return float('inf') if self._lower else -float('inf')
 
-    def _ranks_above(self, a, b):
-        if a['stale'] != b['stale']: return b['stale']
-        return bool(self.comp(a['value'], b['value']))
+# %% ../nbs/05_save_model.ipynb #e5c6c9fe
+@patch
+def before_fit(self:SaveModel):
+    "Check `monitor`, `fname` and the folder; reset or keep `best`; read the checkpoint to resume from"
+    self._fitting = is_training_fit(self.learn)
+    if not self._fitting: return
+    learn, self.writer.learn, self._undo = self.learn, self.learn, []
+    on_fit_end(learn, partial(self._cleanup, learn))
+    names = self._names()
+    if self.monitor not in names:
+        raise ValueError(f"`monitor`={self.monitor!r} is not recorded by this Learner; available: {', '.join(names)}")
+    unknown = [f for f in self._fields if f != 'epoch' and f not in names]
+    if unknown:
+        raise ValueError(f"`fname`={self.fname!r} uses {', '.join(unknown)}, not recorded by this Learner; available: epoch, {', '.join(names)}")
+    try: self.fname.format(epoch=0, **{n: 0. for n in names})
+    except (ValueError, TypeError) as e: raise ValueError(f"`fname`={self.fname!r} cannot be formatted ({e})") from None
+    self.idx = names.index(self.monitor)
+    self.writer.check_folder()
+    resumed = self._read_resume() if self.resume is not False else None  # may raise: before any change
+    if self.reset_on_fit or self.best is None:
+        self._set_best(self._initial())
+        self.best_epoch, self.best_name, self.checkpoints = None, None, []
+    self.new_best, self._skip_to, self._logs, self._resumed = False, 0, [], None
+    if is_rank0(): clean_tmp_files(self.writer.folder())
+    if self.last_name:
+        cb = _LastCheckpoint(self)
+        learn.add_cb(cb)  # writes `last` once every callback is done with the epoch
+        self._undo.append(partial(_remove_cb, learn, cb))
+    if resumed is not None: self._start_resume(*resumed)
 
-    def _save_ranked(self, val, row):
-        name = self._format(row)
-        entry = dict(value=val, epoch=self.epoch, name=name, stale=False)
-        same = next((c for c in self.checkpoints if c['name'] == name), None)  # a template without {epoch} can repeat a name
-        if not self.new_best and (name == self.best_name or (same is not None and not self._ranks_above(entry, same))):
-            return  # that file holds a better checkpoint (or the best): it is not overwritten
-        self._save_model(name)
-        cks = [c for c in self.checkpoints if c['name'] != name]  # same name: that file was just overwritten
-        i = next((i for i, c in enumerate(cks) if self._ranks_above(entry, c)), len(cks))
-        cks.insert(i, entry)
-        if self.new_best:
-            self.best_name = name
-            if self.verbose and is_rank0(): print(f'Better model found at epoch {self.epoch} with {self.monitor} value: {val}.')
-        while self.save_top_k != -1 and len(cks) > self.save_top_k:
-            drop = next(c for c in reversed(cks) if c['name'] != self.best_name)  # the best file is never dropped
-            cks.remove(drop)
-            p = self._file(drop['name']); self._submit(lambda: p.unlink(missing_ok=True))
-        self.checkpoints = cks
+def _remove_cb(learn, cb):
+    if any(c is cb for c in learn.cbs): learn.remove_cb(cb)
 
-    # ---- writing
-    def _submit(self, fn, rank0_only=True):
-        if rank0_only and not is_rank0(): return
-        if not self.background: return fn()
-        if self._pool is None: self._pool = ThreadPoolExecutor(1, thread_name_prefix='SaveModel')
-        self._futures.append(self._pool.submit(fn))  # one worker: files are written (and dropped) in order
+@patch
+def _cleanup(self:SaveModel, learn):
+    "However `fit` ends: finish the writes, undo what this fit changed on the Learner"
+    try: self.writer.close()
+    finally:
+        while self._undo: self._undo.pop()()
+        self._resumed, self._fitting = None, False
 
-    def _join(self):
-        "Wait for the writes in flight; a failed write raises here, in the training thread"
-        futs, self._futures = self._futures, []
-        errs = [e for e in (f.exception() for f in futs) if e is not None]
-        if errs: raise errs[0]
+# %% ../nbs/05_save_model.ipynb #f49cc79e
+@patch
+def after_batch(self:SaveModel):
+    "Save the weights every `every_n_batches` training batches"
+    if self._fitting and self.every_n_batches and self.training and self.train_iter % self.every_n_batches == 0:
+        self.writer.join()  # at most one batch of writes in flight
+        self.writer.new_moment()  # the weights changed since the last snapshot
+        self.writer.save_weights(self.iter_name, self.with_opt)
 
-    def _close(self):
-        try: self._join()
-        finally:
-            if self._pool is not None: self._pool.shutdown(wait=True); self._pool = None
+@patch
+def after_epoch(self:SaveModel):
+    "Track `monitor`; save the best / top-k and periodic checkpoints"
+    if not self._fitting: return
+    self.writer.join()
+    self.writer.new_moment()
+    row = broadcast_object([as_float(v) for v in self.recorder.values[-1]])  # rank 0 decides for every rank
+    val = row[self.idx]
+    self.new_best = False
+    if self.epoch >= self.start_from_epoch and math.isfinite(val):
+        self.new_best = bool(self.comp(val - self.min_delta, self.best))
+        save = not self.every_epoch and self._qualifies(val)
+        if self.new_best: self._set_best(val); self.best_epoch = self.epoch
+        if save: self._save_ranked(val, row)
+    if self.every_epoch and self.epoch % int(self.every_epoch) == 0:
+        self.writer.save_model(self._format(row) if self._fields else f'{self.fname}_{self.epoch}', self.with_opt)
 
-    def _write(self, path, write_fn):
-        atomic_write(path, write_fn)
-        self.n_written += 1
+# %% ../nbs/05_save_model.ipynb #e09b6837
+@patch
+def _qualifies(self:SaveModel, val):
+    if self.new_best: return True
+    if self.save_top_k == 1: return False
+    if self.initial_value_threshold is not None and not self.comp(val, self.initial_value_threshold): return False
+    rest = [c for c in self.checkpoints if c['name'] != self.best_name]
+    return self.save_top_k == -1 or len(self.checkpoints) < self.save_top_k or self._ranks_above(dict(value=val, stale=False), rest[-1])
 
-    def _snapshot(self, with_opt):
-        "Model (and optimizer) state: references, or CPU copies when a worker writes them while training goes on"
-        s, cp = self._snap, (_copy_to_cpu if self.background else (lambda o: o))
-        if 'model' not in s: s['model'] = cp(get_model(self.model).state_dict())
-        if with_opt and 'opt' not in s: s['opt'] = cp(self.opt.state_dict()) if getattr(self.learn, 'opt', None) is not None else None
-        return s['model'], (s.get('opt') if with_opt else None)
+@patch
+def _ranks_above(self:SaveModel, a, b):
+    if a['stale'] != b['stale']: return b['stale']
+    return bool(self.comp(a['value'], b['value']))
 
-    def _save_weights(self, name, snap, extra=None):
-        path = self._file(name, learner=False)
-        self.last_saved_path = path
-        if not is_rank0(): return
-        ms, opt = snap
-        obj = {'model': ms, 'opt': opt} if opt is not None or extra is not None else ms  # `learn.load`'s format
-        if extra is not None: obj['tsai_cbs'] = extra
-        self._submit(lambda: self._write(path, lambda f: torch.save(obj, f, pickle_protocol=2)))
+@patch
+def _save_ranked(self:SaveModel, val, row):
+    name = self._format(row)
+    entry = dict(value=val, epoch=self.epoch, name=name, stale=False)
+    same = next((c for c in self.checkpoints if c['name'] == name), None)  # a template without {epoch} can repeat a name
+    if not self.new_best and (name == self.best_name or (same is not None and not self._ranks_above(entry, same))):
+        return  # that file holds a better checkpoint (or the best): it is not overwritten
+    self.writer.save_model(name, self.with_opt)
+    cks = [c for c in self.checkpoints if c['name'] != name]  # same name: that file was just overwritten
+    i = next((i for i, c in enumerate(cks) if self._ranks_above(entry, c)), len(cks))
+    cks.insert(i, entry)
+    if self.new_best:
+        self.best_name = name
+        if self.verbose and is_rank0(): print(f'Better model found at epoch {self.epoch} with {self.monitor} value: {val}.')
+    while self.save_top_k != -1 and len(cks) > self.save_top_k:
+        drop = next(c for c in reversed(cks) if c['name'] != self.best_name)  # the best file is never dropped
+        cks.remove(drop)
+        self.writer.delete(drop['name'])
+    self.checkpoints = cks
 
-    def _save_model(self, name):
-        if self.save_as == 'weights': return self._save_weights(name, self._snapshot(self.with_opt))
-        path = self.last_saved_path = self._file(name)
-        if not is_rank0(): return
-        if not self.background: return self._write(path, self._pickle_learner)
-        buf = io.BytesIO(); self._pickle_learner(buf)  # the Learner changes as training goes on: pickle it now
-        data = buf.getvalue()
-        self._submit(lambda: self._write(path, lambda f: f.write(data)))
+# %% ../nbs/05_save_model.ipynb #ed2e2c4f
+STATE_VERSION = 2  # format of the `last` checkpoint's resume data; 1 (before callback states) is no longer read
 
-    def _pickle_learner(self, f):
-        "What `learn.export` writes (no data, no optimizer state), taken mid-fit and put back afterwards"
-        learn, attrs = self.learn, ('dls', 'opt', 'dl', 'xb', 'yb', 'pred', 'loss')
-        old = {k: getattr(learn, k, None) for k in attrs}
-        try:
-            learn.dls = _empty_dls(learn.dls)
-            learn.opt, learn.dl, learn.xb, learn.yb, learn.pred, learn.loss = None, None, (None,), (None,), None, None
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                torch.save(learn, f, pickle_module=cloudpickle, pickle_protocol=2)
-        finally:
-            for k, v in old.items(): setattr(learn, k, v)
+class _LastCheckpoint(Callback):
+    "Writes a `SaveModel`'s `last` checkpoint after every other callback's `after_epoch`"
+    order = 10_000
+    def __init__(self, owner): self.owner = owner
+    def after_epoch(self): self.owner._save_last()
 
-    def _save_last(self):
-        "The resumable checkpoint: model, optimizer, tracker, recorder rows and random generator states"
-        meta = dict(version=1, epoch=self.epoch, n_epoch=self.n_epoch, train_iter=self.train_iter, monitor=self.monitor,
-                    best=float(self.best), best_epoch=self.best_epoch, best_name=self.best_name,
-                    checkpoints=[dict(c) for c in self.checkpoints],
-                    values=[[_to_float(v) for v in r] for r in self.recorder.values], rng=get_rng_state(self.learn),
-                    smooth_loss=_smooth_state(self.recorder))
-        self._save_weights(self.last_name, self._snapshot(True), extra=meta)
+def _plain(v): return as_float(v) if isinstance(v, torch.Tensor) else v
 
-    # ---- resuming
-    def _resume_file(self):
-        if self.resume is True: return self._file(self.last_name, learner=False)
-        p = Path(self.resume)
-        if p.suffix != '.pth': p = p.with_name(p.name + '.pth')
-        return p if p.is_absolute() else self._dir()/p
+@patch
+def state_dict(self:SaveModel) -> dict:
+    "What `SaveModel` needs to continue: `best`, the epoch and file that hold it, the kept checkpoints, the logged rows"
+    return dict(monitor=self.monitor, best=as_float(self.best), best_epoch=self.best_epoch, best_name=self.best_name,
+                checkpoints=[dict(c) for c in self.checkpoints], logs=[list(r) for r in self._logs])
 
-    def _load_resume(self):
-        f = self._resume_file()
-        if not f.exists():
-            if self.resume is not True: raise FileNotFoundError(f"`resume`: there is no checkpoint {f}")
-            if self.verbose and is_rank0(): print(f'No checkpoint {f}: training from the start.')
-            return
-        ck = load_checkpoint(f, device=getattr(self.dls, 'device', None) or 'cpu')
-        meta = ck.get('tsai_cbs') if isinstance(ck, dict) else None
-        if meta is None: raise ValueError(f"`resume`: {f} is not a resumable checkpoint; those are written with `save_last` or `resume`")
-        if meta['monitor'] != self.monitor:
-            raise ValueError(f"`resume`: {f} tracked {meta['monitor']!r}, this SaveModel monitors {self.monitor!r}")
-        get_model(self.model).load_state_dict(ck['model'])
-        if ck['opt'] is not None: self.opt.load_state_dict(ck['opt'])
-        self._set_best(meta['best'])
-        self.best_epoch, self.best_name, self.checkpoints = meta['best_epoch'], meta['best_name'], [dict(c) for c in meta['checkpoints']]
-        self._skip_to, self._resumed = meta['epoch'] + 1, meta
-        if meta['n_epoch'] != self.n_epoch:
-            warnings.warn(f"SaveModel: resuming a run of {meta['n_epoch']} epochs with n_epoch={self.n_epoch}; schedules will not match the original run")
-        if self._skip_to >= self.n_epoch:  # e.g. a notebook cell run again: say so rather than silently train nothing
-            warnings.warn(f"SaveModel: {f} holds a finished run (epochs 0-{meta['epoch']}), so this fit has nothing left to train; "
-                          "delete that file or use another `fname` to train again")
-        if self.verbose and is_rank0():
-            print(f"Resuming from {f}: epochs 0-{meta['epoch']} done, best {self.monitor} {self.best} at epoch {self.best_epoch}.")
+@patch
+def load_state_dict(self:SaveModel, state:dict):
+    self._set_best(state['best'])
+    self.best_epoch, self.best_name, self.checkpoints = state['best_epoch'], state['best_name'], [dict(c) for c in state['checkpoints']]
+    self._logs = [list(r) for r in state['logs']]
 
-    def _replay(self):
-        "After the last skipped epoch: the random generators and counters as they were when its checkpoint was written"
-        meta = self._resumed
-        if self.epoch == self._skip_to - 1:
-            set_rng_state(meta['rng'], self.learn)
-            _set_smooth_state(self.recorder, meta.get('smooth_loss'))
-            self.learn.train_iter = meta['train_iter']
+@patch
+def _save_last(self:SaveModel, finished=False):
+    "Write the `last` checkpoint: model, optimizer, counters, random generators and every callback's state"
+    if not self._fitting: return
+    if not finished: self._logs.append([_plain(v) for v in self.recorder.log])  # the row as logged (with its time)
+    self.writer.new_moment()  # callbacks after this one may have changed the optimizer (e.g. the LR plateau)
+    meta = dict(version=STATE_VERSION, epoch=self.epoch, n_epoch=self.n_epoch, train_iter=self.train_iter, monitor=self.monitor,
+                finished=finished, rng=get_rng_state(self.learn), callbacks=callback_states(self.learn))
+    self.writer.save_weights(self.last_name, True, extra=meta)
 
-    # ---- end of fit
-    @property
-    def best_path(self):
-        "Path of the checkpoint that holds `best` (None if there is none)"
-        return None if self.best_name is None or self.learn is None else self._file(self.best_name)
+# %% ../nbs/05_save_model.ipynb #6f95a8ea
+@patch
+def _resume_file(self:SaveModel):
+    if self.resume is True: return self.writer.file(self.last_name, learner=False)
+    p = Path(self.resume)
+    if p.suffix != '.pth': p = p.with_name(p.name + '.pth')
+    return p if p.is_absolute() else self.writer.folder()/p
 
-    def after_fit(self):
-        "Finish the writes, then save the final model (`at_end`) or load the best one"
-        if not self.run: self.run = True; return
-        try:
-            if self.at_end:
-                self._snap = {}
-                row = [_to_float(v) for v in self.recorder.values[-1]] if self.recorder.values else [0.] * len(self._names())
-                self._save_model(self._format(row) if self._fields else self.fname)
-        finally: self._close()
-        if not (self.at_end or self.every_epoch): self._load_best()
-        self.run = True
+@patch
+def _own_key(self:SaveModel): return next(k for k, cb, *_ in _stateful(self.learn) if cb is self)
 
-    def _load_best(self):
-        if self.best_name is None:
-            return warnings.warn(f"SaveModel: `{self.monitor}` never improved on {self._initial()} (NaN/inf never count), so no "
-                                 "checkpoint was saved; the model is left as it is")
-        distrib_barrier()  # rank 0 has written the file
-        f, device = self.best_path, getattr(self.dls, 'device', None) or 'cpu'
-        if self.save_as == 'learner':
-            get_model(self.model).load_state_dict(get_model(load_checkpoint(f, device, weights_only=False).model).state_dict())
-        else: load_model(f, self.learn.model, self.learn.opt, with_opt=self.with_opt, device=device)
+@patch
+def _read_resume(self:SaveModel):
+    "The checkpoint to resume from, checked: `(file, checkpoint, resume data, matched callback states)`, or None"
+    f = self._resume_file()
+    if not f.exists():
+        if self.resume is not True: raise FileNotFoundError(f"`resume`: there is no checkpoint {f}")
+        if self.verbose and is_rank0(): print(f'No checkpoint {f}: training from the start.')
+        return None
+    try: ck = load_checkpoint(f, device=getattr(self.dls, 'device', None) or 'cpu')
+    except Exception as e:
+        raise ValueError(f"`resume`: the checkpoint {f} cannot be read, it is damaged (e.g. cut short by a full disk or an "
+                         f"interrupted copy): {type(e).__name__}: {e}. Delete it to start over, or give another file") from e
+    meta = ck.get('tsai_cbs') if isinstance(ck, dict) else None
+    if meta is None: raise ValueError(f"`resume`: {f} is not a resumable checkpoint; those are written with `save_last` or `resume`")
+    if meta.get('version') != STATE_VERSION:
+        raise ValueError(f"`resume`: {f} has checkpoint format version {meta.get('version')!r}; this version of tsai_cbs reads "
+                         f"version {STATE_VERSION} only. Resume with the tsai_cbs that wrote it, or start over")
+    if meta['monitor'] != self.monitor:
+        raise ValueError(f"`resume`: {f} tracked {meta['monitor']!r}, this SaveModel monitors {self.monitor!r}")
+    self._check_same_model(f, ck)
+    return f, ck, meta, match_callback_states(self.learn, meta['callbacks'], source=f'the checkpoint {f}')
+
+@patch
+def _check_same_model(self:SaveModel, f, ck):
+    cur, saved = get_model(self.model).state_dict(), ck['model']
+    diff = sorted(k for k in set(cur) | set(saved) if k not in cur or k not in saved or tuple(cur[k].shape) != tuple(saved[k].shape))
+    if diff: raise ValueError(f"`resume`: {f} holds the weights of another model ({', '.join(diff[:4])}{', ...' if len(diff) > 4 else ''} differ)")
+    opt = ck.get('opt')
+    if opt is not None and getattr(self.learn, 'opt', None) is not None and len(opt['hypers']) != len(self.opt.param_lists):
+        raise ValueError(f"`resume`: {f} holds an optimizer with {len(opt['hypers'])} parameter groups, this Learner's has {len(self.opt.param_lists)}")
+
+# %% ../nbs/05_save_model.ipynb #e84df8d7
+@patch
+def _start_resume(self:SaveModel, f, ck, meta, matched):
+    learn, done = self.learn, meta['epoch'] + 1
+    self._resumed, self._skip_to = (ck, meta, matched), (max(done, self.n_epoch) if meta['finished'] else done)
+    if meta['n_epoch'] != self.n_epoch:
+        warn0(f"SaveModel: resuming a run of {meta['n_epoch']} epochs with n_epoch={self.n_epoch}; schedules will not match the original run")
+    if self._skip_to >= self.n_epoch:  # e.g. a notebook cell run again: say so rather than silently train nothing
+        warn0(f"SaveModel: {f} holds a finished run (epochs 0-{meta['epoch']}), so this fit has nothing left to train; "
+              "delete that file or use another `fname` to train again")
+    if self.verbose and is_rank0():
+        own = meta['callbacks'][self._own_key()]['state']
+        print(f"Resuming from {f}: epochs 0-{meta['epoch']} done, best {self.monitor} {own['best']} at epoch {own['best_epoch']}.")
+    run_events = learn._with_events
+    def _with_events(fn, event_type, ex, final=noop):
+        if event_type != 'epoch' or learn.epoch >= self._skip_to: return run_events(fn, event_type, ex, final)
+        if learn.epoch == min(self._skip_to, learn.n_epoch) - 1: self._restore()
+    learn._with_events = _with_events  # instance attribute: this Learner, this fit only
+    self._undo.append(lambda: learn.__dict__.pop('_with_events', None))
+
+@patch
+def _restore(self:SaveModel):
+    "Put the interrupted run's state back, as it was when its `last` checkpoint was written"
+    learn = self.learn
+    learn.__dict__.pop('_with_events', None)
+    ck, meta, matched = self._resumed
+    self._resumed = None
+    get_model(learn.model).load_state_dict(ck['model'])
+    if ck.get('opt') is not None and getattr(learn, 'opt', None) is not None: learn.opt.load_state_dict(ck['opt'])
+    for load, state in matched: load(state)
+    set_rng_state(meta['rng'], learn)
+    learn.train_iter = meta['train_iter']
+    for row in self._logs: learn.logger(L(row))
+
+# %% ../nbs/05_save_model.ipynb #d4b9329d
+@patch
+def after_fit(self:SaveModel):
+    "Finish the writes, then save the final model (`at_end`) or load the best one; remove or finish the `last` checkpoint"
+    if not self._fitting: return
+    try:
+        if self.at_end: self._save_at_end()
+        if self.last_name:
+            if self.delete_last: self.writer.delete(self.last_name, learner=False)
+            else: self._save_last(finished=True)
+    finally: self._cleanup(self.learn)
+    if not (self.at_end or self.every_epoch): self._load_best()
+
+@patch
+def _save_at_end(self:SaveModel):
+    self.writer.new_moment()
+    row = [as_float(v) for v in self.recorder.values[-1]] if self.recorder.values else [0.] * len(self._names())
+    name = self._format(row) if self._fields else self.fname
+    self.writer.save_model(name, self.with_opt)
+    if name == self.best_name:  # that file now holds the final weights, not the best ones
+        self.best_name, self.checkpoints = None, [c for c in self.checkpoints if c['name'] != name]
+
+@patch
+def _load_best(self:SaveModel):
+    if self.best_name is None:
+        return warn0(f"SaveModel: `{self.monitor}` never improved on {self._initial()} (NaN/inf never count), so no "
+                     "checkpoint was saved; the model is left as it is")
+    distrib_barrier()  # rank 0 has written the file
+    f, device = self.best_path, getattr(self.dls, 'device', None) or 'cpu'
+    if self.save_as == 'learner':
+        get_model(self.model).load_state_dict(get_model(load_checkpoint(f, device, weights_only=False).model).state_dict())
+    else: load_model(f, self.learn.model, self.learn.opt, with_opt=self.with_opt, device=device)

@@ -255,3 +255,16 @@ class ShowGraph(Callback):
     def __repr__(self):
         return (f"{type(self).__name__}(plot_metrics={self.plot_metrics}, final_losses={self.final_losses}, perc={self.perc}, "
                 f"fname={self.fname!r}, mode={self.mode!r})")
+
+# %% ../nbs/11_show_graph.ipynb #8313e59e
+from fastcore.basics import patch
+
+@patch
+def state_dict(self:ShowGraph) -> dict:
+    "The points drawn so far (`SaveModel`'s state protocol)"
+    return {k: list(getattr(self, k, [])) for k in ('xs', 'ys', 'vx', 'vy')} | dict(first_epoch=getattr(self, 'first_epoch', None))
+
+@patch
+def load_state_dict(self:ShowGraph, state:dict):
+    self.xs, self.ys, self.vx, self.vy = (list(state[k]) for k in ('xs', 'ys', 'vx', 'vy'))
+    self.first_epoch = state['first_epoch']

@@ -65,3 +65,15 @@ class StopAfter(Callback):
     def __repr__(self):
         return (f"{type(self).__name__}(max_batches={self.max_batches}, max_epochs={self.max_epochs}, "
                 f"across_fits={self.across_fits})")
+
+# %% ../nbs/13_stop_after.ipynb #a31698f2
+from fastcore.basics import patch
+
+@patch
+def state_dict(self:StopAfter) -> dict:
+    "The counters, for an exact resume (`SaveModel`'s state protocol)"
+    return dict(n_batches=self.n_batches, n_epochs=self.n_epochs, stopped=self.stopped)
+
+@patch
+def load_state_dict(self:StopAfter, state:dict):
+    self.n_batches, self.n_epochs, self.stopped = state['n_batches'], state['n_epochs'], state['stopped']

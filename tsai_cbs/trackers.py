@@ -63,3 +63,20 @@ class TrackerRecords(Callback):
     def after_epoch(self): self.sync()
     def after_fit(self): self.sync()
     def __repr__(self): return f"{type(self).__name__}(fit_no={self.fit_no}, key={self.key}, trackers={len(self._entries)})"
+
+# %% ../nbs/08_tracker_rebase.ipynb #d2eafd91
+from fastcore.basics import patch
+
+@patch
+def state_dict(self:TrackerRecords) -> dict:
+    "`fit_no`, the epoch key and, per tracker (by its position among the Learner's trackers), the `best` seen and its record epoch"
+    ts = find_trackers(self.learn) if getattr(self, 'learn', None) is not None else []
+    pos = lambda tr: next((i for i, t in enumerate(ts) if t is tr), None)
+    return dict(fit_no=self.fit_no, key=self.key, entries=[[pos(t), b, k] for t, b, k in self._entries if pos(t) is not None])
+
+@patch
+def load_state_dict(self:TrackerRecords, state:dict):
+    "Put back what `state_dict` saved; the trackers are found on `self.learn` by position"
+    ts = find_trackers(self.learn)
+    self.fit_no, self.key = state['fit_no'], state['key']
+    self._entries = [[ts[i], b, k] for i, b, k in state['entries'] if i < len(ts)]

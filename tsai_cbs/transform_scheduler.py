@@ -171,3 +171,14 @@ class TransformScheduler(Callback):
         return fig
 
     def __repr__(self): return f"{type(self).__name__}({self.schedule_func!r}, show_plot={self.show_plot}, attr={self.attr!r})"
+
+# %% ../nbs/12_transform_scheduler.ipynb #db647a48
+from fastcore.basics import patch
+
+@patch
+def state_dict(self:TransformScheduler) -> dict:
+    "The multipliers applied so far (`SaveModel`'s state protocol); the position itself follows from the iteration"
+    return dict(applied=[list(a) for a in self.applied])
+
+@patch
+def load_state_dict(self:TransformScheduler, state:dict): self.applied = [tuple(a) for a in state['applied']]
