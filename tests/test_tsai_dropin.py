@@ -135,3 +135,30 @@ def test_scale_against_tsai(valid_first):
         # training items (positions 80-99) get weight 0 in tsai. Batches (unshuffled) 0-3 hold positions 20-83.
         assert np.allclose(ratio[:3], N / n_tr, rtol=1e-5)
         assert ratio[-1] < 1  # the last batch is mostly items tsai silently weights 0
+
+def test_tsai_lds_usage_cells_then_weighted_loss(in_tmp):
+    "tsai's page: `prepare_LDS_weights` cells as written (one weight per item of the whole dataset), then `WeightedPerSampleLoss`"
+    import matplotlib; matplotlib.use('Agg')
+    np.random.seed(0)
+    labels = np.concatenate([np.random.normal(-20, 1, 10), np.random.normal(0, 2, 100), np.random.normal(12, 2, 300)], -1)
+    labels[(-1<labels) & (labels<1)] = 0   # This is done to create some 'gaps' for demo purposes
+    labels[(10<labels) & (labels<12)] = 0  # This is done to create some 'gaps' for demo purposes
+    for n_bins, reweight, lds_kernel, lds_ks, lds_sigma in [(50, 'inv', 'gaussian', 5, 2), (50, 'sqrt_inv', 'gaussian', 5, 2),
+                                                            (None, 'sqrt_inv', 'triang', 9, 1)]:
+        label_range = None
+        weights_per_sample = prepare_LDS_weights(labels, n_bins, label_range=label_range, reweight=reweight,
+                                                 lds_kernel=lds_kernel, lds_ks=lds_ks, lds_sigma=lds_sigma, show_plot=True)
+        assert weights_per_sample.shape == (len(labels),) and torch.isfinite(weights_per_sample).all()
+    # the weights of all 410 items, on a tsai-shaped split (validation items spread over the dataset); the target is the
+    # item's position, so each row says which item it is
+    n = len(labels)
+    va = list(range(0, n, 5)); tr = [i for i in range(n) if i % 5]
+    X, y = torch.randn(n, 2, 8, generator=torch.Generator().manual_seed(0)), torch.arange(n).float()
+    dls = DataLoaders(DataLoader(TsaiSubset(X, y, tr, 0), bs=32, shuffle=True), DataLoader(TsaiSubset(X, y, va, 1), bs=32))
+    rows = Rows()
+    learn = Learner(dls, Flat(), loss_func=MSELossFlat(), cbs=[WeightedPerSampleLoss(weights_per_sample), rows])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 0)
+    ids, applied = torch.cat(rows.ids), torch.cat(rows.w)
+    assert sorted(ids.tolist()) == tr
+    w = weights_per_sample.double()
+    torch.testing.assert_close(applied.double(), w[ids] / w[tr].mean(), rtol=1e-5, atol=0)
