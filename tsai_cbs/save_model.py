@@ -109,7 +109,13 @@ def load_checkpoint(file, # a file written by `SaveModel` (or `learn.save`)
                     weights_only:bool=True): # `False` only for files you trust: needed for `save_as='learner'` files
     "Read a checkpoint file with `torch.load`, safely (`weights_only=True`) by default, optimizer state included"
     ctx = torch.serialization.safe_globals(_safe_globals()) if weights_only else nullcontext()
-    with ctx: return torch.load(file, map_location=device, weights_only=weights_only)
+    try:
+        with ctx: return torch.load(file, map_location=device, weights_only=weights_only)
+    except (RuntimeError, EOFError) as e:
+        # torch's word for a cut-short file ("failed finding central directory") names neither the file nor the cause
+        if not (isinstance(e, EOFError) or 'zip archive' in str(e) or 'central directory' in str(e)): raise
+        raise ValueError(f"the checkpoint {file} cannot be read, it is damaged (e.g. cut short by a full disk or an interrupted "
+                         f"copy): {type(e).__name__}: {e}") from e
 
 # %% ../nbs/05_save_model.ipynb #679c0c2b
 def _np_state():
