@@ -150,13 +150,14 @@ def calibrating(self:FDSStats) -> bool:
 
 @patch
 def _table(self:FDSStats, dtype, device):
+    "Per bin: the factor and offset of the calibration, `z * a + b`, as a (2, bins, features) table (float64 arithmetic)"
     t = self._tables.get((dtype, device))
     if t is None:
         m1, v1, m2, v2 = self.running_mean, self.running_var, self.smoothed_mean, self.smoothed_var
         valid = (v1 != 0) & (v1.sum(1, keepdim=True) >= 1e-10)
         a = torch.where(valid, (v2 / torch.where(valid, v1, 1.)).clamp(0.1, 10).sqrt(), 1.)
-        t = torch.stack([torch.where(valid, m1, 0.), a, torch.where(valid, m2, 0.)]).to(device, dtype)
-        self._tables[(dtype, device)] = t
+        b = torch.where(valid, m2 - m1 * a, 0.)
+        t = self._tables[(dtype, device)] = torch.stack([a, b]).to(device, dtype)
     return t
 
 @patch
@@ -168,8 +169,7 @@ def calibrate(self:FDSStats,
     self._ready(x)
     dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     g = self._table(dt, x.device).index_select(1, idx)
-    xf = x.reshape(len(x), -1).to(dt)
-    return torch.addcmul(g[2], xf - g[0], g[1]).to(x.dtype).view(x.shape)
+    return torch.addcmul(g[1], x.reshape(len(x), -1).to(dt), g[0]).to(x.dtype).view(x.shape)
 
 # %% ../nbs/14_fds.ipynb #dbf8ff7f
 _STATE_TENSORS = ('running_mean', 'running_var', 'smoothed_mean', 'smoothed_var', 'tracked')
