@@ -229,7 +229,7 @@ def test_bundle(in_tmp, capsys):
     es = cbs[3]
     assert (es.patience, cbs[2].patience, cbs[2].factor, cbs[1].fname) == (2, 1, 2., 'bp')
     learn = learner(cbs, path=in_tmp)
-    fit(learn, 3)
+    with learn.no_bar(): learn.fit(3)  # logging on: EpochLog writes only then
     assert (in_tmp/'models'/'bp.pth').exists()
     err = capsys.readouterr().err.splitlines()
     lines = [l for l in err if l.startswith('epoch ')]

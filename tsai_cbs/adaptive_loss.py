@@ -8,7 +8,7 @@ import itertools, math, warnings
 import torch
 from fastai.callback.tracker import EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback
 from fastai.torch_core import find_bs
-from .core import check_type, check_number, check_choice, broadcast_object, is_training_fit, recorder_names
+from .core import check_type, check_number, check_choice, broadcast_object, warn0, is_training_fit, recorder_names
 from .multi_loss import MultiLoss, MultiLossCallback, profile_nll, counts_mse
 from .epoch_log import EpochLog
 
@@ -27,7 +27,7 @@ def adaptive_lambda(lam0:float, # current weight λ₀ of the counts term
     check_number('t', t, 0, 1, lo_incl=False, hi_incl=False)
     check_number('aggression', aggression, 0, 1)
     if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (p, c)):
-        warnings.warn(f"adaptive counts weight: losses p={p!r}, c={c!r} are not finite and positive; keeping λ={lam0:g}")
+        warn0(f"adaptive counts weight: losses p={p!r}, c={c!r} are not finite and positive; keeping λ={lam0:g}")
         return lam0, None, None
     lam1 = t * p / (c * (1 - t))
     new = lam1 if epoch <= 1 else (1 - aggression) * lam0 + aggression * lam1
@@ -35,10 +35,10 @@ def adaptive_lambda(lam0:float, # current weight λ₀ of the counts term
     if max(new, lam0) / min(new, lam0) > thr:
         new, clamp = (lam0 * thr if new > lam0 else lam0 / thr), thr
         if epoch <= 1:
-            warnings.warn(f"adaptive counts weight: λ wanted to change from {lam0:g} to {lam1:g} after epoch {epoch}; clamped to {new:g}. "
-                          f"The initial λ is far off: consider starting near {lam1:g}")
+            warn0(f"adaptive counts weight: λ wanted to change from {lam0:g} to {lam1:g} after epoch {epoch}; clamped to {new:g}. "
+                  f"The initial λ is far off: consider starting near {lam1:g}")
     if not (math.isfinite(new) and new > 0):
-        warnings.warn(f"adaptive counts weight: computed λ={new!r} is not finite and positive; keeping λ={lam0:g}")
+        warn0(f"adaptive counts weight: computed λ={new!r} is not finite and positive; keeping λ={lam0:g}")
         return lam0, lam1, None
     return new, lam1, clamp
 
@@ -85,7 +85,7 @@ class AdaptiveCountsWeight(MultiLossCallback):
         if is_training_fit(self.learn): self._check_monitors()
         if self.initialized or self.init is None: self._check_lambda()
         super().before_fit()
-        if not self.run: return
+        if not self._active: return  # lr_find
         self._insert_cols([f'lambda_{h}' for h in self.targets])
         if self._in_fit and not self.initialized:
             self._initial_lambda()
@@ -134,7 +134,7 @@ class AdaptiveCountsWeight(MultiLossCallback):
             lam0 = self.mloss.weight(h, self.term)
             p, c = self._p_c(h, raw)
             ok = math.isfinite(p) and math.isfinite(c) and p > 0 and c > 0
-            if not ok: warnings.warn(f"adaptive counts weight: cannot estimate the initial λ of head {h!r} (p={p!r}, c={c!r}); keeping {lam0:g}")
+            if not ok: warn0(f"adaptive counts weight: cannot estimate the initial λ of head {h!r} (p={p!r}, c={c!r}); keeping {lam0:g}")
             lams[h] = t * p / (c * (1 - t)) if ok else lam0
         return lams
 
@@ -143,17 +143,18 @@ class AdaptiveCountsWeight(MultiLossCallback):
         return p, raw[(h, self.term)]
 
     def before_epoch(self):
-        self._apply()  # between epochs: the trackers are done with the last one, and the epoch key has not moved yet
+        if self._active: self._apply()  # between epochs: the trackers are done with the last one, and the epoch key has not moved yet
         super().before_epoch()
 
     def after_validate(self):
+        if not self._active: return
         super().after_validate()
         self.recorder.log += [self.mloss.weight(h, self.term) for h in self.targets]
 
     def after_epoch(self):
         "Compute the next λ of every head from this epoch's losses; it is applied (and the trackers re-based) before the next epoch"
         super().after_epoch()
-        if not (self.run and self._in_fit) or self._means['train'] is None: return
+        if not (self._active and self._in_fit) or self._means['train'] is None: return
         step = max(self.epoch, self.n_updates)
         split = 'valid' if step == 0 and self._means['valid'] is not None else 'train'
         raw, rec, pend = self._means[split]['raw'], dict(fit=self.records.fit_no, epoch=self.epoch, step=step, split=split), {}

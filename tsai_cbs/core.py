@@ -12,11 +12,12 @@ from fastai.callback.core import (CancelBatchException, CancelBackwardException,
     CancelFitException, CancelStepException, CancelTrainException, CancelValidException)
 from fastai.torch_core import rank_distrib, num_distrib
 from fastai.callback.schedule import LRFinder
+from fastai.callback.core import Callback
 from .checks import check_type, check_number, check_choice, check_pct, as_number_vector  # re-exported for the callbacks
 
 # %% auto #0
 __all__ = ['StateKeeper', 'on_fit_end', 'is_rank0', 'distrib_initialized', 'distrib_barrier', 'inner_dl', 'broadcast_object',
-           'is_training_fit', 'warn0', 'as_float', 'recorder_names', 'recorder_row']
+           'in_lr_find', 'is_training_fit', 'warn0', 'as_float', 'recorder_names', 'recorder_row']
 
 # %% ../nbs/00_core.ipynb #81cb3308
 class StateKeeper:
@@ -47,13 +48,20 @@ def on_fit_end(learn:Learner, # the Learner whose current `fit` is meant
     "Run `fn` when the `fit` in progress on `learn` returns or raises; returns False if no `fit` is in progress (e.g. `get_preds`)"
     stack = learn.__dict__.get('_tsai_cbs_fit_cleanups')
     if not stack: return False
-    stack[-1].append(fn)
+    stack[-1].append((fn, learn))
     return True
 
 def _run_cleanups(fns):
-    for fn in reversed(fns):
+    for fn, learn in reversed(fns):
+        # fastai detaches a callback given to `fit(cbs=...)` (sets its `learn` to None) before `fit` returns, so before
+        # this runs: a cleanup that is a method of such a callback gets its Learner back while it runs
+        cb = getattr(fn, '__self__', None)
+        lend = isinstance(cb, Callback) and cb.__dict__.get('learn') is None
+        if lend: cb.learn = learn
         try: fn()
         except Exception as e: warnings.warn(f"tsai_cbs: a cleanup failed after fit: {e!r}")
+        finally:
+            if lend: cb.learn = None
 
 def _guarded_fit(fit):
     @functools.wraps(fit)
@@ -98,10 +106,14 @@ def broadcast_object(obj, src:int=0):
     return objs[0]
 
 # %% ../nbs/00_core.ipynb #65bb00ee
+def in_lr_find(learn:Learner) -> bool:
+    "True while `learn.lr_find` runs (an `LRFinder` is among `learn.cbs`)"
+    return learn is not None and any(isinstance(cb, LRFinder) for cb in learn.cbs)
+
 def is_training_fit(learn:Learner) -> bool:
     "True while `learn` is in a `fit` that trains: not `lr_find`, not `validate`/`get_preds` (decided afresh at each call)"
     if learn is None or not learn.__dict__.get('_tsai_cbs_fit_cleanups'): return False
-    if any(isinstance(cb, LRFinder) for cb in learn.cbs): return False
+    if in_lr_find(learn): return False
     if 'gather_preds' in learn.__dict__: return False
     lock = getattr(learn, 'lock', None)  # held by `validation_context` (`validate`, `get_preds`)
     return not (lock is not None and hasattr(lock, 'locked') and lock.locked())

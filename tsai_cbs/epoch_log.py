@@ -8,12 +8,18 @@ import logging, math, sys, time
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback, ReduceLROnPlateau
 from fastprogress.fastprogress import format_time
-from .core import check_type, check_number, is_rank0, on_fit_end
+import fastcore.basics, fastai.imports
+from .core import check_type, check_number, is_rank0, on_fit_end, is_training_fit, recorder_names
 
 # %% auto #0
 __all__ = ['EpochLog']
 
 # %% ../nbs/09_epoch_log.ipynb #bd17671b
+# `learn.no_logging()` puts fastai's own `noop` (fastai.imports) in `learn.logger`; fastcore's is the same idea
+_NOOPS = (fastai.imports.noop, fastcore.basics.noop)
+
+def _no_row(*args, **kwargs): "Stands in for `print` as `learn.logger` while `EpochLog` writes each epoch's line to the console"
+
 def _fmt(v, fmt):
     if v is None: return '-'
     if isinstance(v, str): return v
@@ -32,7 +38,7 @@ class EpochLog(Callback):
         check_type('fmt', fmt, str)
         try: fmt.format(1.5)
         except (ValueError, IndexError, KeyError) as e: raise ValueError(f"`fmt` must format a number, e.g. '{{:.6g}}', got {fmt!r} ({e})") from None
-        self.to, self.every_n_batches, self.fmt, self.lines = to, every_n_batches, fmt, 0
+        self.to, self.every_n_batches, self.fmt, self.lines, self._on, self._row_logger = to, every_n_batches, fmt, 0, False, None
 
     def _emit(self, line, debug=False):
         if not is_rank0(): return
@@ -43,18 +49,30 @@ class EpochLog(Callback):
             lg.log(logging.DEBUG if debug else logging.INFO, line)
 
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and on_fit_end(self.learn, lambda: None)  # not in lr_find/validate
+        # nothing in lr_find/validate/get_preds, nor under `learn.no_logging()`; our own flag, never fastai's `run`
+        # (an interrupted lr_find leaves `run` False, and the next fit would log nothing)
+        self._on = is_training_fit(self.learn) and self.learn.logger not in _NOOPS
         self._durations, self._pending = [], False
+        if not self._on: return
+        on_fit_end(self.learn, self._restore_logger)
+        # no progress bar: fastai prints each epoch's values as a bare list; on the console, this line takes its place
+        if self.to is None and not hasattr(self.learn, 'progress') and self.learn.logger is print and is_rank0():
+            self._row_logger, self.learn.logger = self.learn.logger, _no_row
+    def _restore_logger(self):
+        if self._row_logger is not None: self.learn.logger, self._row_logger = self._row_logger, None
     def before_epoch(self): self._t0 = time.perf_counter()
     def after_batch(self):
         "A batch line every `every_n_batches` training batches"
         n = self.every_n_batches
-        if n and self.training and len(self.yb) and (self.iter + 1) % n == 0 and is_rank0():  # other ranks: no loss read (a device sync)
+        if n and self._on and self.training and len(self.yb) and (self.iter + 1) % n == 0 and is_rank0():  # other ranks: no loss read (a device sync)
             self._emit(f"epoch {self.epoch+1}/{self.n_epoch} batch {self.iter+1}/{self.n_iter} loss {_fmt(float(self.loss.detach()), self.fmt)}", debug=True)
     def after_validate(self):
-        self._pending = self.training is False and len(self.recorder.log) > 1  # an epoch that trained and validated
+        self._pending = self._on and self.training is False and len(self.recorder.log) > 1  # an epoch that trained and validated
     def after_epoch(self): self._line()
-    def after_fit(self): self._line()  # the last epoch when early stopping cancelled `after_epoch` before this callback
+    def after_fit(self):
+        self._line()  # the last epoch when early stopping cancelled `after_epoch` before this callback
+        self._restore_logger()
+        self._on = False
 
     def _line(self):
         if not self._pending: return
@@ -63,8 +81,7 @@ class EpochLog(Callback):
         self._durations.append(dt)
         left = self.n_epoch - self.epoch - 1
         parts = [f"epoch {self.epoch+1}/{self.n_epoch}"]
-        names = [n for n in self.recorder.metric_names[1:] if n != 'time']
-        parts += [f"{n} {_fmt(v, self.fmt)}" for n, v in zip(names, self.recorder.values[-1])]
+        parts += [f"{n} {_fmt(v, self.fmt)}" for n, v in zip(recorder_names(self.recorder), self.recorder.values[-1])]
         parts.append(f"lr {self.opt.hypers[-1]['lr']:.3g}")
         parts.append(f"time {format_time(dt)}")
         parts.append(f"eta {format_time(left * sum(self._durations) / len(self._durations))}")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.torch_core import find_bs
-from .core import check_type, check_number, on_fit_end, distrib_initialized
+from .core import check_type, check_number, on_fit_end, distrib_initialized, is_training_fit, in_lr_find
 from .trackers import TrackerRecords
 
 # %% auto #0
@@ -138,7 +138,7 @@ class MultiLossCallback(Callback):
     order = 55  # after the Recorder (50) builds its names; before the trackers (60+) and the progress table look them up
     def __init__(self, train_mean:bool=True): # make the Recorder's `train_loss` the epoch mean (the sum of the weighted training terms)
         check_type('train_mean', train_mean, bool)
-        self.train_mean, self.history, self.records, self._in_fit = train_mean, {}, TrackerRecords(), False
+        self.train_mean, self.history, self.records, self._in_fit, self._active = train_mean, {}, TrackerRecords(), False, False
 
     @property
     def mloss(self) -> MultiLoss: return self.learn.loss_func
@@ -153,9 +153,13 @@ class MultiLossCallback(Callback):
             raise TypeError(f"{type(self).__name__} needs `learn.loss_func` to be a MultiLoss, got {type(self.learn.loss_func).__name__}")
         if sum(isinstance(cb, MultiLossCallback) for cb in self.learn.cbs) > 1:
             raise ValueError("more than one MultiLossCallback on the Learner (AdaptiveCountsWeight is one): keep one")
-        self.run = not hasattr(self.learn, 'lr_finder')
-        if not self.run: return
-        self._in_fit = on_fit_end(self.learn, self._end)  # False in `validate`/`get_preds`: nothing kept then
+        # lr_find: nothing recorded. Our own flag, never fastai's `run`, which an interrupted lr_find leaves False for the next fit
+        self._active = not in_lr_find(self.learn)
+        if not self._active:
+            on_fit_end(self.learn, self._end)  # even so, the loss's last batch values are not kept after it
+            return
+        # `validate`/`get_preds`: the term columns are recorded, nothing is kept in `history`
+        self._in_fit = is_training_fit(self.learn) and on_fit_end(self.learn, self._end)
         if self._in_fit:
             self.records.learn = self.learn
             self.records.before_fit()
@@ -167,14 +171,18 @@ class MultiLossCallback(Callback):
         self.recorder.metric_names = type(self.recorder.metric_names)(names[:i] + cols + names[i:])
 
     def before_epoch(self):
+        if not self._active: return
         if self._in_fit: self.records.before_epoch()
         self._means = {s: None for s in _SPLITS}
-    def before_train(self): self._reset()
-    def before_validate(self): self._reset()
+    def before_train(self):
+        if self._active: self._reset()
+    def before_validate(self):
+        if self._active: self._reset()
     def _reset(self): self._acc, self._wacc, self._n, self._seen, self.mloss.last = 0., 0., 0, None, None
 
     def after_batch(self):
         "Accumulate the raw and weighted term values (device tensors, no sync)"
+        if not self._active: return
         v = self.mloss.last
         if len(self.yb) == 0 or v is None or v is self._seen: return  # a batch cancelled before its loss adds nothing
         bs, self._seen = find_bs(self.yb), v
@@ -199,12 +207,14 @@ class MultiLossCallback(Callback):
 
     def after_train(self):
         "Training means; the Recorder's `train_loss` becomes their weighted sum"
+        if not self._active: return
         self._means['train'] = m = self._epoch_means()
         if self.train_mean and m is not None and not getattr(self.recorder, 'cancel_train', False) and len(self.recorder.log) > 1:
             self.recorder.log[1] = m['total']
 
     def after_validate(self):
         "Validation means; append every term column to the Recorder's row"
+        if not self._active: return
         self._means['valid'] = self._epoch_means()
         self.recorder.log += self._row()
         if self._in_fit and self._means['train'] is not None:
@@ -218,11 +228,12 @@ class MultiLossCallback(Callback):
         return row
 
     def after_epoch(self):
-        if self._in_fit: self.records.after_epoch()
+        if self._active and self._in_fit: self.records.after_epoch()
     def after_fit(self): self._end()
     def _end(self):
+        "Once per fit however it ends (`after_fit`, or the fit-end cleanup after an exception)"
         if self._in_fit: self.records.after_fit()
-        self._in_fit, self._acc, self._wacc, self._seen = False, 0., 0., None
+        self._in_fit, self._active, self._acc, self._wacc, self._seen = False, False, 0., 0., None
         if isinstance(self.learn.loss_func, MultiLoss): self.learn.loss_func.last = None  # no device tensor kept after fit
 
     def loss_at(self, key:tuple, # `(fit_no, epoch)`

@@ -12,7 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from fastai.callback.core import Callback
-from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0
+from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0, is_training_fit
 
 # %% auto #0
 __all__ = ['live_display', 'figure_path', 'check_figure_path', 'show_figure', 'recorder_table', 'plot_metrics', 'ShowGraph']
@@ -184,8 +184,7 @@ class ShowGraph(Callback):
     def before_fit(self):
         # lr_find, get_preds and validate (which runs before_fit/after_fit outside a real `fit`) draw nothing
         # our own flag, not fastai's `run`: fastai only resets `run` in `after_fit`, which an interrupted `lr_find` never reaches
-        self.drawing = (not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds') and is_rank0()
-                    and hasattr(self.learn, 'recorder'))
+        self.drawing = is_training_fit(self.learn) and is_rank0() and hasattr(self.learn, 'recorder')
         if self.drawing: self.drawing = on_fit_end(self.learn, self._close)
         if not self.drawing: return
         self.live = self.mode == 'notebook' or (self.mode == 'auto' and live_display())
@@ -195,7 +194,9 @@ class ShowGraph(Callback):
         self.xs,self.ys,self.vx,self.vy,self.first_epoch,self.handle = [],[],[],[],None,None
 
     def after_epoch(self):
-        if not self.drawing: return
+        if self.drawing: self._add_epoch()
+
+    def _add_epoch(self):
         rec = self.learn.recorder
         new = rec.losses[len(self.ys):]
         if not new: return  # an epoch skipped by `start_epoch`
@@ -241,6 +242,9 @@ class ShowGraph(Callback):
 
     def after_fit(self):
         if not self.drawing: return
+        # an epoch the recorder logged but `after_epoch` did not draw: a tracker (EarlyStoppingCallback, order 60) cancelled the
+        # fit in its `after_epoch`, before this callback's turn
+        if len(self.vy) < len(self.learn.recorder.values): self._add_epoch()
         self.drawing = False
         if self.live and not self.update_live and self.fig is not None:
             show_figure(self.fig, live=True)  # where updates would pile up as separate outputs: the final graph only

@@ -5,7 +5,7 @@
 # %% ../nbs/13_stop_after.ipynb #7f205629
 from __future__ import annotations
 from fastai.callback.core import Callback, CancelFitException
-from .core import check_number, check_type
+from .core import check_number, check_type, is_training_fit
 
 # %% auto #0
 __all__ = ['StopAfter']
@@ -35,8 +35,8 @@ class StopAfter(Callback):
                 (self.max_epochs is not None and self.n_epochs >= self.max_epochs))
 
     def before_fit(self):
-        # lr_find is a fit too; spending the budget there would be a surprise
-        self.active = not hasattr(self.learn, 'lr_finder')
+        # lr_find is a fit too (and validate/get_preds run before_fit): spending the budget there would be a surprise
+        self.active = is_training_fit(self.learn)
         if self.active and not self.across_fits: self.reset()
         self.trained = False
 
