@@ -592,3 +592,32 @@ def test_background_iter_file_holds_its_own_batch_and_interrupted_lr_find(in_tmp
     assert not (Path('lr')/'models').exists() or files('lr') == []
     quiet_fit(learn, 2)
     assert learn.save_model.best_epoch is not None and files('lr') == ['model.pth', 'model_last.pth']
+
+
+def test_adapters_of_mixed_precision_and_param_scheduler(in_tmp):
+    from fastai.callback.fp16 import MixedPrecision
+    from fastcore.foundation import L
+    from tsai_cbs.save_model import callback_states, load_callback_states
+    def mp_learner(scale):
+        learn = synth_learner(cbs=MixedPrecision())
+        learn.scaler = torch.amp.GradScaler('cpu', init_scale=scale)  # an enabled scaler; fastai makes a CUDA one in before_fit
+        return learn
+    learn = mp_learner(512.)
+    learn.mixed_precision.scales = L([1024., 512.])
+    st = callback_states(learn)
+    assert st['mixed_precision']['cls'] == 'MixedPrecision' and st['mixed_precision']['state']['scaler']['scale'] == 512.
+    fresh = mp_learner(65536.)
+    load_callback_states(fresh, st)
+    assert fresh.scaler.get_scale() == 512. and list(fresh.mixed_precision.scales) == [1024., 512.]
+    # fit_one_cycle's ParamScheduler: the values it set so far come back with a resume
+    learn = synth_learner(cbs=SaveModel(resume=True))
+    with pytest.raises(RuntimeError, match='simulated crash'): quiet_fit(learn, 3, cbs=Crash(1), one_cycle=True)
+    hps = load_checkpoint('models/model_last.pth')['tsai_cbs']['callbacks']['param_scheduler']['state']['hps']
+    assert len(hps['lr']) == 8 and hps['lr'] == learn.recorder.lrs[:8]
+    class Hps(Callback):
+        order = 99
+        def after_fit(self): self.hps = {k: list(v) for k, v in self.learn.param_scheduler.hps.items()}
+    learn, straight = synth_learner(cbs=SaveModel(resume=True)), synth_learner(path='s')
+    h1, h2 = Hps(), Hps()
+    quiet_fit(learn, 3, cbs=h1, one_cycle=True); quiet_fit(straight, 3, cbs=h2, one_cycle=True)
+    assert h1.hps == h2.hps and len(h1.hps['lr']) == 24

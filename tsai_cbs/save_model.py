@@ -200,8 +200,9 @@ def _tracker_state(cb): return {k: cb.__dict__[k] for k in ('best', 'wait', 'new
 def _tracker_load(cb, st): cb.__dict__.update(st)
 
 def _recorder_state(rec):
-    sl, losses = rec.smooth_loss, list(rec.losses)
-    return dict(values=[list(r) for r in rec.values], lrs=list(rec.lrs), iters=list(rec.iters),
+    d = rec.__dict__  # a Recorder passes missing attributes on to its Learner; before the first `fit` it has no lists
+    sl, losses = rec.smooth_loss, list(d.get('losses', []))
+    return dict(values=[list(r) for r in d.get('values', [])], lrs=list(d.get('lrs', [])), iters=list(d.get('iters', [])),
                 losses=torch.stack([torch.as_tensor(v) for v in losses]) if losses else None,  # one device-to-host copy
                 smooth=dict(count=int(sl.count), val=sl.val) if isinstance(getattr(sl, 'val', None), torch.Tensor) else None)
 
