@@ -23,6 +23,8 @@ from fasttransform import Transform
 from fastai.callback.schedule import SchedLin
 from tsai_cbs.all import *
 from tsai_cbs.testing import synth_learner
+from tsai_cbs.fds import FDS, fds_kernel_window
+from tsai_cbs.metrics import shot_regions, dir_metrics, dir_scores
 
 N_LABELS = np.random.default_rng(0).normal(size=200)
 
@@ -109,6 +111,21 @@ ARGS = [
     ('StopAfter max_batches=0', lambda: StopAfter(max_batches=0), ValueError, 'max_batches'),
     ('StopAfter max_epochs=1.5', lambda: StopAfter(max_epochs=1.5), (ValueError, TypeError), 'max_epochs'),
     ('StopAfter nothing to stop on', lambda: StopAfter(), ValueError, 'max_batches'),
+    # multi-head loss terms: shapes
+    ('profile_nll logits and counts of other shapes', lambda: profile_nll(torch.randn(4, 10), torch.ones(4, 11)), ValueError, 'profile_nll.*shape'),
+    ('counts_mse two values per sample', lambda: counts_mse(torch.randn(4, 2), torch.ones(4, 10)), ValueError, 'counts_mse.*per sample'),
+    # FDS / DIR metrics
+    ('FDS even ks', lambda: FDS(labels=N_LABELS, ks=4), ValueError, 'ks'),
+    ('FDS momentum=2', lambda: FDS(labels=N_LABELS, momentum=2), ValueError, 'momentum'),
+    ('FDS unknown kernel', lambda: FDS(labels=N_LABELS, kernel='box'), ValueError, 'kernel'),
+    ('FDS unknown feature', lambda: FDS(labels=N_LABELS, feature='hidden'), ValueError, 'feature'),
+    ('FDS start_smooth=-1', lambda: FDS(labels=N_LABELS, start_smooth=-1), ValueError, 'start_smooth'),
+    ('fds_kernel_window sigma=0', lambda: fds_kernel_window(sigma=0), ValueError, 'sigma'),
+    ('shot_regions few above many', lambda: shot_regions(N_LABELS, many_shot_thr=10, few_shot_thr=20), ValueError, 'few_shot_thr'),
+    ('shot_regions NaN label', lambda: shot_regions([1., math.nan]), ValueError, 'labels'),
+    ('dir_metrics unknown name', lambda: dir_metrics(N_LABELS, names=('mea',)), ValueError, 'names'),
+    ('dir_metrics without labels or regions', lambda: dir_metrics(), ValueError, 'train_labels'),
+    ('dir_scores preds and targets of other lengths', lambda: dir_scores(torch.randn(5), torch.randn(6), shot_regions(N_LABELS)), ValueError, 'preds'),
     # files
     ('load_checkpoint missing file', lambda: load_checkpoint('no/such/model.pth'), OSError, r'no/such/model\.pth'),
 ]
@@ -200,6 +217,11 @@ def _lds_learner(cbs, y_fill=None, **kw):
         ds.tensors[1][5] = y_fill  # one bad target among the training items
     return learn
 
+class _ShortProfile(nn.Module):
+    "A (profile, counts) head whose profile is 16 steps long, for targets of 32"
+    def __init__(self): super().__init__(); self.lin = nn.Linear(3 * 32, 17)
+    def forward(self, x): o = self.lin(x.flatten(1)); return o[:, :16], o[:, 16]
+
 class _Flat(nn.Module):
     def __init__(self): super().__init__(); self.lin = nn.Linear(10, 1)
     def forward(self, x): return self.lin(x).squeeze(-1)
@@ -238,6 +260,7 @@ FIT = [
     ('two per-sample weighting callbacks', lambda t: (synth_learner(cbs=[WeightedPerSampleLoss(torch.ones(256)), LDSWeightedLoss(torch.randn(256))]), ()), ValueError, 'per-sample'),
     ('MultiLoss two heads, one (bs, L) tensor with L == bs', lambda t: (_ml_learner(model=Heads2(32), heads=2, terms={h: {'mse': lambda p, y: F.mse_loss(p, y.float())} for h in ('seq', 'chip')}), ()), TypeError, 'one tensor'),
     ('MultiLoss term returns a vector', lambda t: (_ml_learner(terms={'seq': {'bad': lambda p, y: (p[0] - y.float().mean(-1, keepdim=True)).mean(-1)}}), ()), ValueError, 'seq.bad'),
+    ('MultiLoss profile logits shorter than the target counts', lambda t: (_ml_learner(model=_ShortProfile()), ()), ValueError, 'profile_nll'),
     ('MultiLossCallback without a MultiLoss', lambda t: (synth_learner(cbs=MultiLossCallback()), ()), TypeError, 'loss_func'),
     ('AdaptiveCountsWeight unknown head', lambda t: (_ml_learner([AdaptiveCountsWeight({'chip': .3})]), ()), ValueError, 'targets'),
     ('AdaptiveCountsWeight unknown term', lambda t: (_ml_learner([AdaptiveCountsWeight({'seq': .3}, term='count')]), ()), ValueError, 'term'),

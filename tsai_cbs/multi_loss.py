@@ -23,6 +23,9 @@ def profile_nll(pred, # logits `(bs, ..., L)`, or a `(logits, log_counts)` pair
                 target): # observed counts `(bs, ..., L)`, same shape as the logits
     "Multinomial negative log-likelihood of the counts under `softmax(logits)` over the last axis, averaged over samples (and tracks)"
     logits, target = _part(pred, 0).float(), target.float()
+    if logits.shape != target.shape:  # broadcasting would give a number, or torch's error without the names
+        raise ValueError(f"profile_nll: the logits (pred) have shape {tuple(logits.shape)} and the target counts {tuple(target.shape)}; "
+                         "they must have the same shape")
     logp = F.log_softmax(logits, -1)
     n = target.sum(-1)
     ll = torch.lgamma(n + 1) - torch.lgamma(target + 1).sum(-1) + (target * logp).sum(-1)
@@ -32,8 +35,11 @@ def profile_nll(pred, # logits `(bs, ..., L)`, or a `(logits, log_counts)` pair
 def counts_mse(pred, # predicted log counts `(bs,)` or `(bs, 1)`, or a `(logits, log_counts)` pair
                target): # observed counts `(bs, ..., L)`; a sample's total is the sum over all but the first axis
     "Mean squared error between the predicted log counts and `log(1 + total counts)` per sample"
-    tot = target.float().flatten(1).sum(1)
-    return F.mse_loss(_part(pred, 1).float().reshape(tot.shape), torch.log1p(tot))
+    tot, p = target.float().flatten(1).sum(1), _part(pred, 1)
+    if p.numel() != tot.numel():
+        raise ValueError(f"counts_mse: one predicted log count per sample is needed; pred has shape {tuple(p.shape)} for the "
+                         f"{tot.numel()} samples of the target (shape {tuple(target.shape)})")
+    return F.mse_loss(p.float().reshape(tot.shape), torch.log1p(tot))
 
 # %% ../nbs/06_multi_loss.ipynb #aba74ceb
 _NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
