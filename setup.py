@@ -8,10 +8,13 @@ cfg = ConfigParser(delimiters=['='])
 cfg.read(here/'settings.ini', encoding='utf-8')
 cfg = cfg['DEFAULT']
 
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
+licenses = {'apache2': 'Apache-2.0'}  # settings.ini's (nbdev's) name -> SPDX expression (license classifiers are deprecated)
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
 py_versions = '3.10 3.11 3.12 3.13'.split()
 lic = licenses[cfg['license']]
+# settings.ini's `status` is the classifier's own number (3: '3 - Alpha')
+status = next((s for s in statuses if s.split(' ')[0] == cfg['status'].strip()), None)
+if status is None: raise ValueError(f"settings.ini: status = {cfg['status']!r}, expected one of 1..{len(statuses)}")
 min_python = cfg['min_python']
 
 def _reqs(key): return cfg.get(key, '').split()
@@ -24,11 +27,10 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     author=cfg['author'], author_email=cfg['author_email'],
     url=cfg['git_url'],
-    license=lic[0],
+    license_expression=lic, license_files=['LICENSE'],
     keywords=cfg['keywords'],
-    classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
-                 'Intended Audience :: Developers', 'Natural Language :: ' + cfg['language'],
-                 'License :: ' + lic[1]] +
+    classifiers=['Development Status :: ' + status,
+                 'Intended Audience :: Developers', 'Natural Language :: ' + cfg['language']] +
                 ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
