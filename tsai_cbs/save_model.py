@@ -455,16 +455,6 @@ class SaveModel(TrackerCallback):
         self.best_epoch, self.best_name, self.checkpoints, self.new_best = None, None, [], False
         self._fitting, self._skip_to, self._logs, self._resumed, self._undo = False, 0, [], None, []
 
-    # `best` is the one reference for every comparison. A callback that re-defines the monitored value may assign it
-    # (re-basing); the checkpoints kept so far then rank below any new one, since their values are on the old scale.
-    @property
-    def best(self): return self.__dict__.get('_best')
-    @best.setter
-    def best(self, v):
-        self.__dict__['_best'] = v
-        for c in self.__dict__.get('checkpoints', ()): c['stale'] = True
-    def _set_best(self, v): self.__dict__['_best'] = v
-
 # %% ../nbs/05_save_model.ipynb #f96b7baa
 @patch
 def _init_monitor_mode(self:SaveModel, monitor, comp, mode):
@@ -529,6 +519,15 @@ def _validate_init_configuration(self:SaveModel, fname, fields, every_epoch, at_
         raise ValueError(f"`save_last`={save_last!r} names the file that `{taken[self.last_name]}` writes ({self.last_name}.pth); give another name")
 
 # %% ../nbs/05_save_model.ipynb #4e6f22a7
+def _get_best(self): return self.__dict__.get('_best')
+def _rebase_best(self, v):
+    self.__dict__['_best'] = v
+    for c in self.__dict__.get('checkpoints', ()): c['stale'] = True  # their values are on the old scale
+SaveModel.best = property(_get_best, _rebase_best, doc="The best monitored value so far; assigning it re-bases the comparisons")
+
+@patch
+def _set_best(self:SaveModel, v): self.__dict__['_best'] = v  # an improvement: the kept checkpoints stay comparable
+
 @patch(as_prop=True)
 def n_written(self:SaveModel): return self.writer.n_written
 @patch(as_prop=True)
