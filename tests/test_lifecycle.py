@@ -249,6 +249,7 @@ def test_exit_path_matrix(name, attach, path, tmp_path, fresh_results):
     if hasattr(cb, 'lines'): cb.lines = 0
     if isinstance(learn.loss_func, MultiLoss): learn.loss_func.set_weight('seq', 'counts', 2.)  # λ carried over by design
     if isinstance(cb, AdaptiveCountsWeight): cb.n_updates = 0  # so is its update count (the damping step)
+    if type(cb).__name__ == 'FDS': cb.reset()  # FDS keeps its feature statistics across fits by design (`reset` is documented)
     with warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter('always')
         _fit(learn, None if attach == 'learner' else [cb])

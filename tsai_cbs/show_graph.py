@@ -12,7 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from fastai.callback.core import Callback
-from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0, is_training_fit
+from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0, is_training_fit, recorder_names
 
 # %% auto #0
 __all__ = ['live_display', 'figure_path', 'check_figure_path', 'show_figure', 'recorder_table', 'plot_metrics', 'ShowGraph']
@@ -77,7 +77,7 @@ def recorder_table(recorder) -> dict:
     "`{name: per-epoch values}` from `recorder.values`, matched to `recorder.metric_names` by name; NaN where an epoch has no value"
     if not (hasattr(recorder, 'metric_names') and hasattr(recorder, 'values')):
         raise TypeError(f"`recorder` must be a fastai `Recorder` (`learn.recorder`), got {type(recorder).__name__}")
-    names = [n for n in recorder.metric_names[1:] if n != 'time']
+    names = recorder_names(recorder)
     cols = {n: [] for n in names}
     for row in recorder.values:
         row = list(row)
