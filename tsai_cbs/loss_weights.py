@@ -73,7 +73,9 @@ class _WeightedLoss(GetAttr):
         l = self._per_element(pred, *yb, **kwargs)
         w = self.cb._batch_weights(yb)
         if w.device != l.device: w = w.to(l.device)
-        self.cb.batch_weights = w
+        # straight into the instance dict: fastai's `Callback.__setattr__` first looks the name up on the Learner (to warn
+        # about shadowing), a failed lookup that cost more per batch than the weight lookup itself
+        self.cb.__dict__['batch_weights'] = w
         return _weighted_reduce(l, w, self.reduction_)
 
     def __repr__(self): return f"{type(self).__name__}({self.loss_func!r}, weighted by {type(self.cb).__name__})"
@@ -250,11 +252,16 @@ class LDSWeightedLoss(_PerSampleWeighting):
         self._fast = self._bins._fast_tables(self._bins.weights.device, torch.float32) if self._bins.n_bins <= _FAST_BINS else None
 
     def _batch_weights(self, yb):
-        y = _plain(yb[0]).reshape(-1)
-        if self._fast is not None and y.dtype == torch.float32 and y.device == self._fast[0].device:
+        y = _plain(yb[0])
+        flat = y if y.ndim == 1 else y.reshape(-1)
+        if self._fast is not None and y.dtype == torch.float32:
             bounds, tab = self._fast  # the common case in two kernels: binary search over the exact edges, gather
-            w = torch.index_select(tab, 0, torch.bucketize(y, bounds, right=True))
-        else: w = self._bins._lookup(y)
-        return w.view(yb[0].shape)
+            # (no device check: comparing devices costs more than the lookup; targets elsewhere fail in bucketize)
+            try: w = torch.index_select(tab, 0, torch.bucketize(flat, bounds, right=True))
+            except RuntimeError:
+                if y.device == bounds.device: raise
+                w = self._bins._lookup(flat)
+        else: w = self._bins._lookup(flat)
+        return w if y.ndim == 1 else w.view(y.shape)
 
     def __repr__(self): return f"{type(self).__name__}({self.bins!r})"
