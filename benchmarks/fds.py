@@ -13,8 +13,12 @@ every batch (bin the targets, add the features to the per-bin sums, calibrate th
 epoch, so every timed batch does the full work (sums and calibration). The bare fit and the FDS fit (same model
 weights, same batches) run in turns, round after round; the median per configuration is printed, and the extra time
 as a fraction of the bare step (negative values are noise), and the same for the fastest epoch of each (less sensitive
-to other processes on a shared machine). A second column times FDS's per-batch work alone (its hook on one batch:
-binning, sums, calibration), best of 9 loops of 100 calls, as a fraction of the bare step's median.
+to other processes on a shared machine). Then FDS's own per-batch work (its hook: binning, sums, calibration) timed
+two ways, each as a fraction of the bare step's median: inside the fit (median over extra epochs; caches as the model's
+work leaves them), and alone on one batch, best of 9 loops of 100 calls (hot caches: the lower bound). The difference
+between the whole-step extra and the hook in the fit is the cost of one more fastai callback (fastai calls every
+callback at every event) and of the calibrated features in the backward pass; the "idle cb" column measures the first:
+an FDS whose hook returns the features untouched, attached and hooked like the real one.
 
 Models, batch 128, input (3, 64), labels with a long tail (LDS's Rice rule gives the bins), F the feature size entering
 the head:
@@ -121,7 +125,7 @@ def hook_alone(learn, fds, xb, yb, device):
     hh.remove()
     learn.yb = (yb,)
     x = feats['x'].requires_grad_()
-    return clock(lambda: fds._apply(x), device)
+    return clock(lambda: fds._features(x), device)
 
 
 def run(device, kind, bs, rounds, n_batches=16):
@@ -135,8 +139,17 @@ def run(device, kind, bs, rounds, n_batches=16):
         m = model(kind, nf).to(device)
         init = {k: v.clone() for k, v in m.state_dict().items()}
         fds = FDS(labels=y[:n_train].cpu(), start_smooth=0, lag=False)
+        in_fit, apply, clk = [], fds._features, _clock(device)
+        def timed_apply(x):  # FDS's own per-batch work inside the real fit (caches as the model's work leaves them)
+            if device == 'cuda': torch.cuda.synchronize()
+            t0 = clk(); r = apply(x)
+            if device == 'cuda': torch.cuda.synchronize()
+            in_fit.append(clk() - t0)
+            return r
+        idle = FDS(labels=y[:n_train].cpu())
+        idle._features = lambda x: x  # attached and hooked, doing nothing: the cost of one more fastai callback and its hook
         learners = {}
-        for name, cbs in (('bare', []), ('fds', [fds])):
+        for name, cbs in (('bare', []), ('idle', [idle]), ('fds', [fds])):
             learners[name] = (Learner(dls, m, loss_func=MSELossFlat(), opt_func=Adam, lr=1e-4, cbs=cbs), TrainTimer(device))
         times = {k: [] for k in learners}
         for r in range(rounds + 1):  # round 0 warms up, and gives FDS its first statistics
@@ -144,26 +157,34 @@ def run(device, kind, bs, rounds, n_batches=16):
                 m.load_state_dict(init)
                 with learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=timer)
                 if r: times[name].append(timer.per_batch[-1])
+        # the hook timed inside the fit, in extra epochs (the syncs it needs on CUDA must not slow the timed ones)
+        fds._features = timed_apply
+        for r in range(max(2, rounds // 2)):
+            m.load_state_dict(init)
+            with learn.no_bar(), learn.no_logging(): learners['fds'][0].fit(1)
+        del fds._features
         assert fds.stats.calibrating
         bare, bare_min = statistics.median(times['bare']), min(times['bare'])
         t, t_min = statistics.median(times['fds']), min(times['fds'])
+        t_idle = statistics.median(times['idle'])
         learn = learners['fds'][0]
         learn.training = True
         alone = hook_alone(learn, fds, X[:bs], y[:bs], device)
-        rows.append((nf, bare, t, bare_min, t_min, alone))
+        rows.append((nf, bare, t, bare_min, t_min, t_idle, statistics.median(in_fit), alone))
     print(f"\n{device.upper()} {kind}, batch {bs}, input (3, 64), {n_batches} batches per epoch, {fds.stats.n_bins} bins, "
           f"median of {rounds} epochs per configuration")
-    print(f"{'F':>6}{'bare us/batch':>15}{'FDS us/batch':>14}{'extra / bare':>14}{'| best epoch':>13}{'extra / bare':>14}"
-          f"{'| hook alone us':>16}{'/ bare':>9}")
-    for nf, bare, t, bare_min, t_min, alone in rows:
-        print(f"{nf:>6}{bare * 1e6:>15.1f}{t * 1e6:>14.1f}{(t - bare) / bare:>14.2%}{t_min * 1e6:>13.1f}"
-              f"{(t_min - bare_min) / bare_min:>14.2%}{alone * 1e6:>16.1f}{alone / bare:>9.2%}")
+    print(f"{'F':>6}{'bare us/batch':>15}{'FDS us/batch':>14}{'extra/bare':>12}{'| best epoch':>13}{'extra/bare':>12}"
+          f"{'| idle cb':>10}{'extra/bare':>12}{'| hook in fit us':>17}{'/bare':>8}{'| hook alone us':>16}{'/bare':>8}")
+    for nf, bare, t, bare_min, t_min, t_idle, hook, alone in rows:
+        print(f"{nf:>6}{bare * 1e6:>15.1f}{t * 1e6:>14.1f}{(t - bare) / bare:>12.2%}{t_min * 1e6:>13.1f}"
+              f"{(t_min - bare_min) / bare_min:>12.2%}{t_idle * 1e6:>10.1f}{(t_idle - bare) / bare:>12.2%}"
+              f"{hook * 1e6:>17.1f}{hook / bare:>8.2%}{alone * 1e6:>16.1f}{alone / bare:>8.2%}")
     return rows
 
 
-def sync_check():
+def sync_check(dev='cuda'):  # 'cpu': a dry run of the script's logic (nothing can sync there: the control fails)
     "FDS's per-batch work makes no host-device sync (CUDA): a fit with sync debug mode 'error' in each batch's window"
-    mode = torch.cuda.set_sync_debug_mode
+    mode = torch.cuda.set_sync_debug_mode if dev == 'cuda' else (lambda m: None)
     class SyncOn(Callback):
         order = -10**6
         def before_batch(self):
@@ -174,20 +195,25 @@ def sync_check():
         def after_cancel_batch(self): mode('default')
     class Syncs(Callback):
         def before_batch(self): self.v = self.x.sum().item()
-    X, y = make_data(128 * 8 + 128, 'cuda')
-    dls = DataLoaders(TensorBatchDL(X[:1024], y[:1024], bs=128, shuffle=True, device='cuda'),
-                      TensorBatchDL(X[1024:], y[1024:], bs=128, device='cuda'), device='cuda')
+    X, y = make_data(128 * 8 + 128, dev)
+    dls = DataLoaders(TensorBatchDL(X[:1024], y[:1024], bs=128, shuffle=True, device=dev),
+                      TensorBatchDL(X[1024:], y[1024:], bs=128, device=dev), device=dev)
     ok = True
-    for name, cbs, expect_fail in (('control (.item() in before_batch)', [Syncs()], True), ('bare fit', [], False),
-                                   ('FDS (reference timing)', [FDS(labels=y[:1024].cpu())], False),
-                                   ('FDS (lag=False, start_smooth=0)', [FDS(labels=y[:1024].cpu(), lag=False, start_smooth=0)], False)):
-        learn = Learner(dls, model('cnn', 256).cuda(), loss_func=MSELossFlat(), opt_func=Adam, cbs=cbs + [SyncOn(), SyncOff()])
+    for name, cbs, expect_fail, fp16 in (('control (.item() in before_batch)', [Syncs()], True, False), ('bare fit', [], False, False),
+                                   ('FDS (reference timing)', [FDS(labels=y[:1024].cpu())], False, False),
+                                   ('FDS (lag=False, start_smooth=0)', [FDS(labels=y[:1024].cpu(), lag=False, start_smooth=0)], False, False),
+                                   ('FDS, mixed precision (to_fp16)', [FDS(labels=y[:1024].cpu(), lag=False, start_smooth=0)], False, True)):
+        if fp16 and dev != 'cuda': continue
+        learn = Learner(dls, model('cnn', 256).to(dev), loss_func=MSELossFlat(), opt_func=Adam, cbs=cbs + [SyncOn(), SyncOff()])
+        if fp16: learn.to_fp16()
         try:
             with learn.no_bar(), learn.no_logging(): learn.fit(3)  # epoch 2 calibrates with the reference timing
             err = None
         except RuntimeError as e: err = e
         finally: mode('default')
         good = (err is not None) == expect_fail
+        if good and cbs and isinstance(cbs[0], FDS):
+            good = cbs[0].stats.epoch == 3 and cbs[0].stats.calibrating and math.isfinite(learn.recorder.values[-1][0])
         ok &= good
         print(f"  {name:<36} {'sync caught' if err else 'no sync'}: {'ok' if good else 'FAIL'}")
     return ok

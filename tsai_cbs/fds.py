@@ -310,7 +310,8 @@ def _bin_index(bins, y):
 def _plain(t): return t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor)
 
 @patch
-def _apply(self:FDS, x):
+def _features(self:FDS, x):
+    "Bin the batch's labels, add the features to the epoch's sums, return them calibrated"
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise RuntimeError(f"FDS needs float features of shape (batch, ...) at its layer, got {type(x).__name__} "
                            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}")
@@ -329,12 +330,12 @@ def _apply(self:FDS, x):
 @patch
 def _pre_hook(self:FDS, module, args):
     if not self._armed or not args: return None
-    return (self._apply(args[0]), *args[1:])
+    return (self._features(args[0]), *args[1:])
 
 @patch
 def _hook(self:FDS, module, args, output):
     if not self._armed: return None
-    return self._apply(output)
+    return self._features(output)
 
 # %% ../nbs/14_fds.ipynb #35cae05c
 _BINS_FIELDS = ('lo', 'hi', 'n_bins', 'scale', 'counts', 'smoothed', 'weights', 'reweight', 'lds_kernel', 'lds_ks', 'lds_sigma', 'max_rel_weight')
