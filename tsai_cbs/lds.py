@@ -83,8 +83,8 @@ def _compute_dtype(y): return torch.float64 if y.dtype in (torch.float64, torch.
 def _int_view_dtype(dtype): return torch.int64 if dtype == torch.float64 else torch.int32
 
 # CPU: chunks whose float64 scratch (1 MB) and int32 indices stay in a core's L2 cache between the few ops on them;
-# GPU: large chunks (few kernel launches), only to bound the scratch memory
-def _chunk_size(y): return 1 << 17 if y.device.type == 'cpu' else 1 << 24
+# GPU: large chunks (few kernel launches, and CUDA's bincount syncs twice per call), only to bound the scratch memory
+def _chunk_size(y): return 1 << 17 if y.device.type == 'cpu' else 1 << 25
 
 # the native (non-OpenMP) backend cannot change its thread count once work has started
 _OPENMP = 'parallel backend: OpenMP' in torch.__config__.parallel_info()
