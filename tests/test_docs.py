@@ -1,5 +1,5 @@
-"Docs: README.md is generated from nbs/index.ipynb and up to date; the site renders the notebooks' stored outputs."
-import base64, importlib.util, io, json, re
+"Docs: README.md is generated from nbs/index.ipynb and up to date; the site renders the notebooks' stored outputs, and reads well in a browser."
+import base64, functools, html, http.server, importlib.util, io, json, os, re, shutil, subprocess, tempfile, threading, time
 from pathlib import Path
 import pytest
 
@@ -85,7 +85,7 @@ def test_nb2md(tmp_path):
         assert gone not in md, gone
     for kept in ['### exported_fn\n\n*Exported doc*', '```python\nvisible = 2\nprint(visible)\n```',
                  '```\nstored stdout 2\n```', '```\nepoch 1/2 loss 0.5\nepoch 2/2 loss 0.4\n```', '```\noutput of a cell without echo\n```', '```python\nsource_without_output()\n```',
-                 '![figure 1](img/thing_0.png)', '<div class="nb-output" markdown="0">\n<table><tr><td>html cell</td>']:
+                 '<figure class="nb-figure" markdown="0"><a href="img/thing_0.png"><img src="img/thing_0.png" alt="figure 1"></a></figure>', '<div class="nb-output" markdown="0">\n<table><tr><td>html cell</td>']:
         assert kept in md, kept
     assert (tmp_path/'img'/'thing_0.png').read_bytes() == png
     # without an image folder (the README) figures are left out
@@ -104,9 +104,12 @@ def test_api_docs_for_undocumented_exports(tmp_path):
             _code('#| export\ndef is_rank0(): pass'),
             _code('show_doc(is_rank0)', _result(**{'text/markdown': '### is_rank0 (stored output)'})))
     md = build.nb2md(build.process_nb(p))
-    assert md.index('### check_type') < md.index('### check_pct') and '_private' not in md
+    assert md.index('### check\\_type') < md.index('### check\\_pct') and '_private' not in md
     assert core.check_pct.__doc__ in md and 'def check_pct(): pass' not in md
-    assert md.count('### is_rank0') == 1 and '### is_rank0 (stored output)' in md
+    # a notebook's own show_doc is rendered from the module too (its stored output may be stale), once
+    assert md.count('### is\\_rank0') == 1 and '(stored output)' not in md and core.is_rank0.__doc__ in md
+    # with the parameter table
+    assert '| Parameter | Type | Default | Description |' in md and "| `name` | `str` |" in md
     p = _nb(tmp_path/'01_y.ipynb', _md('# Y'), _code('#| default_exp no_such_module'), _code('#| export\ndef f(): pass'))
     with pytest.warns(UserWarning, match='no_such_module'): md = build.nb2md(build.process_nb(p))
     assert 'def f' not in md and 'show_doc' not in md
@@ -154,3 +157,202 @@ def test_site_renders_the_notebooks(tmp_path):
     for src in imgs: assert (site/src).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', src
     for name in pages - {'lds'}: assert f'href="{name}.html"' in lds, f'no nav link to {name}'
     assert not re.search(r'#\|\s*(hide|export|default_exp)', lds) and 'FutureWarning' not in lds
+
+# --- in a browser ---------------------------------------------------------------------------------
+# Headless Chromium (Debian's `chromium`) opens the built pages, from disk and served, and the checks read what it
+# rendered. Without a chromium binary these tests are skipped, saying why.
+CHROMIUM = next((shutil.which(b) for b in ('chromium', 'chromium-browser', 'google-chrome', 'chrome') if shutil.which(b)), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason='no chromium binary on PATH (apt-get install chromium): rendered pages not checked')
+
+class Chromium:
+    "Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe): no extra package"
+    def __init__(self, binary, width=1600, height=1000):
+        self.prof = tempfile.mkdtemp(prefix='tsai_cbs_chromium_')
+        r_cmd, w_cmd = os.pipe()   # we write commands, chromium reads them on fd 3
+        r_res, w_res = os.pipe()   # chromium writes replies on fd 4
+        def child():  # the protocol's fds are 3 (commands in) and 4 (replies out) in chromium
+            a, b = os.dup(r_cmd), os.dup(w_res)
+            a, b = os.dup2(a, 100), os.dup2(b, 101)
+            os.dup2(100, 3); os.dup2(101, 4)
+        args = [binary, '--headless', '--no-sandbox', '--disable-gpu', '--remote-debugging-pipe', '--no-first-run',
+                f'--user-data-dir={self.prof}', f'--window-size={width},{height}', '--disable-dev-shm-usage', 'about:blank']
+        self.proc = subprocess.Popen(args, pass_fds=(3, 4), preexec_fn=child, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(r_cmd); os.close(w_res)
+        self.w, self.r = os.fdopen(w_cmd, 'wb', buffering=0), os.fdopen(r_res, 'rb', buffering=0)
+        self.n, self.buf = 0, b''
+
+    def _recv(self):
+        while b'\0' not in self.buf:
+            chunk = self.r.read(65536)
+            if not chunk: raise RuntimeError('chromium closed the DevTools pipe')
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b'\0', 1)
+        return json.loads(msg)
+
+    def send(self, method, session=None, **params):
+        self.n += 1
+        m = dict(id=self.n, method=method, params=params)
+        if session: m['sessionId'] = session
+        self.w.write(json.dumps(m).encode() + b'\0')
+        while True:
+            r = self._recv()
+            if r.get('id') == self.n:
+                if 'error' in r: raise RuntimeError(f'{method}: {r["error"]}')
+                return r.get('result', {})
+
+    def open(self, url):
+        "A new tab at `url`; returns its session"
+        tid = self.send('Target.createTarget', url='about:blank')['targetId']
+        s = self.send('Target.attachToTarget', targetId=tid, flatten=True)['sessionId']
+        self.send('Page.enable', session=s)
+        self.send('Page.navigate', session=s, url=url)
+        self.eval(s, "new Promise(r => document.readyState === 'complete' ? r() : addEventListener('load', () => r()))")
+        return s
+
+    def eval(self, session, js, timeout=30):
+        "Value of the JS expression `js` (awaited if a promise)"
+        r = self.send('Runtime.evaluate', session=session, expression=js, awaitPromise=True, returnByValue=True, timeout=timeout * 1000)
+        if 'exceptionDetails' in r: raise RuntimeError(f'{js[:80]}: {r["exceptionDetails"]}')
+        return r['result'].get('value')
+
+    def wait_for(self, session, js_cond, timeout=20):
+        "Poll until `js_cond` is truthy; returns its value (or the last falsy one after `timeout` s)"
+        end = time.time() + timeout
+        while True:
+            v = self.eval(session, js_cond)
+            if v or time.time() > end: return v
+            time.sleep(.2)
+
+    def close(self):
+        try: self.send('Browser.close')
+        except Exception: pass
+        try: self.proc.wait(10)
+        except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+        shutil.rmtree(self.prof, ignore_errors=True)
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    "The real site, built once for the browser checks"
+    return build.build_site(tmp_path_factory.mktemp('docs')/'site')
+
+class _Pages(http.server.SimpleHTTPRequestHandler):
+    "A static server that answers a missing page with the site's 404.html, as GitHub Pages and `mkdocs serve` do"
+    def log_message(self, *args): pass
+    def send_error(self, code, message=None, explain=None):
+        page = Path(self.directory)/'404.html'
+        if code != 404 or not page.exists(): return super().send_error(code, message, explain)
+        body = page.read_bytes()
+        self.send_response(404); self.send_header('Content-Type', 'text/html; charset=utf-8')
+        self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)
+
+@pytest.fixture(scope='module')
+def served(site):
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Pages, directory=str(site)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{srv.server_port}'
+    srv.shutdown(); srv.server_close()
+
+@pytest.fixture(scope='module')
+def browser():
+    if CHROMIUM is None: pytest.skip('no chromium binary on PATH (apt-get install chromium): rendered pages not checked')
+    b = Chromium(CHROMIUM, width=1600, height=1000)
+    yield b
+    b.close()
+
+@needs_chromium
+def test_math_renders_offline(site, browser):
+    "Formulas are MathML made at build time: rendered from disk, with no network and no script"
+    for page in site.glob('*.html'):
+        assert not re.search(r'<script[^>]+src="https?://', page.read_text(encoding='utf-8')), f'{page.name} loads a script from the network'
+    s = browser.open((site/'lds.html').as_uri())
+    boxes = browser.eval(s, "[...document.querySelectorAll('.arithmatex')].map(e => { const m = e.querySelector('math'); "
+                            "if (!m) return null; const r = m.getBoundingClientRect(); return [r.width, r.height, e.tagName]; })")
+    assert len(boxes) >= 8 and all(b is not None and b[0] > 5 and b[1] > 5 for b in boxes), boxes
+    assert any(b[2] == 'DIV' for b in boxes)  # the display formula
+    text = browser.eval(s, 'document.querySelector("article").innerText')
+    assert '\\(' not in text and '\\tilde' not in text and '\\sum' not in text  # no raw TeX on the page
+    # a fraction is laid out as one: taller than a line of text
+    s = browser.open((site/'adaptive_loss.html').as_uri())
+    h = browser.eval(s, "(() => { const f = document.querySelector('math mfrac'); return f ? f.getBoundingClientRect().height : 0 })()")
+    line = browser.eval(s, "parseFloat(getComputedStyle(document.querySelector('article p')).lineHeight)")
+    assert h > .9 * line, (h, line)
+
+@needs_chromium
+def test_no_progress_bar_dumps(site, browser):
+    for page in site.glob('*.html'):
+        text = page.read_text(encoding='utf-8')
+        assert '\u2588' not in text and not re.search(r'\d+\.\d+% \[\d+/\d+', text), f'progress bar in {page.name}'
+    for name in ('core', 'testing'):
+        s = browser.open((site/f'{name}.html').as_uri())
+        text = browser.eval(s, 'document.querySelector("article").innerText')
+        assert len(text) > 500 and 'Epoch 1/1 :' not in text and '0.00%' not in text, name
+
+@needs_chromium
+def test_api_entries(site, browser):
+    "A parameter table (name, type, default, description) per API entry; special methods keep their names"
+    s = browser.open((site/'lds.html').as_uri())
+    heads = browser.eval(s, "[...document.querySelectorAll('article h3')].map(h => h.textContent.replace('\u00b6', '').trim())")
+    assert 'LDSBins.__call__' in heads and 'lds_bins' in heads, heads
+    assert browser.eval(s, "[...document.querySelectorAll('article h3 strong')].length") == 0
+    rows = browser.eval(s, """(() => { const h = [...document.querySelectorAll('article h3')].find(h => h.textContent.startsWith('lds_bins'));
+        let e = h.nextElementSibling, t = null;   // material wraps tables in scroll boxes
+        for (; e && e.tagName !== 'H3' && !t; e = e.nextElementSibling) t = e.tagName === 'TABLE' ? e : e.querySelector('table');
+        if (!t) return null;
+        return [...t.querySelectorAll('tr')].map(r => [...r.children].map(c => c.innerText.trim())); })()""")
+    assert rows and rows[0] == ['Parameter', 'Type', 'Default', 'Description'], rows
+    by_name = {r[0]: r for r in rows[1:]}
+    assert by_name['n_bins'][1:3] == ['int', 'None'] and 'Rice rule' in by_name['n_bins'][3]
+    assert by_name['reweight'][1:3] == ['str', "'inv'"]
+    assert by_name['labels'][1:3] == ['', ''] and 'numpy array' in by_name['labels'][3]
+
+@needs_chromium
+def test_room_for_code_and_figures(tmp_path, browser):
+    "A wider content column; a figure wider than it scrolls at a readable size instead of being squeezed"
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(36, 3), dpi=100)
+    ax.plot(range(100))
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100); plt.close(fig)
+    wide = buf.getvalue()
+    assert build.png_size(wide)[0] == 3600
+    nbs = tmp_path/'nbs'; nbs.mkdir()
+    long_sig = 'def f(' + ', '.join(f'argument_{i}:int={i}' for i in range(12)) + '): pass'
+    _nb(nbs/'01_wide.ipynb', _md('# Wide'), _code(long_sig),
+        _code('plot()', dict(output_type='display_data', metadata={}, data={'image/png': base64.b64encode(wide).decode()})),
+        _code('small()', dict(output_type='display_data', metadata={}, data={'image/png': base64.b64encode(_png()).decode()})))
+    site = build.build_site(tmp_path/'site', nbs=nbs)
+    s = browser.open((site/'wide.html').as_uri())
+    col = browser.eval(s, "document.querySelector('.md-content').getBoundingClientRect().width")
+    assert col > 1000, col  # material's default column is about 700 px at this window width
+    fig_box = browser.eval(s, """(() => { const f = document.querySelectorAll('figure.nb-figure');
+        return [...f].map(e => { const i = e.querySelector('img'); return [i.getBoundingClientRect().width, e.scrollWidth, e.clientWidth,
+        e.querySelector('a').getAttribute('href') === i.getAttribute('src')]; }); })()""")
+    (w_img, scroll, client, linked), small = fig_box
+    assert w_img >= 1200 and scroll > client and linked, fig_box  # readable size, scrolls sideways, opens full size
+    assert small[0] <= col and small[1] <= small[2]
+
+@needs_chromium
+def test_all_page_lists_every_name(site, browser):
+    import tsai_cbs.all as a
+    s = browser.open((site/'all.html').as_uri())
+    text = browser.eval(s, 'document.querySelector("article").innerText')
+    missing = [n for n in a.__all__ if not re.search(rf'\b{re.escape(n)}\b', text)]
+    assert not missing, f'the all page does not list {missing}: its stored outputs are stale (run nbs/99_all.ipynb again)'
+
+@needs_chromium
+def test_search_when_served(served, browser):
+    s = browser.open(f'{served}/index.html?q=prepare_LDS_weights')
+    hits = browser.wait_for(s, "[...document.querySelectorAll('.md-search-result__item a')].map(a => a.getAttribute('href'))", timeout=30)
+    assert hits and any('lds.html' in h for h in hits), hits
+
+@needs_chromium
+def test_404_page_is_styled(served, browser):
+    s = browser.open(f'{served}/no/such/page.html')
+    st = browser.eval(s, """(() => { const h = document.querySelector('.md-header');
+        return [document.title, h ? getComputedStyle(h).backgroundColor : null, getComputedStyle(document.body).fontFamily,
+                document.querySelector('article, .md-content') ? document.querySelector('.md-content').innerText : ''] })()""")
+    title, header_bg, font, text = st
+    assert header_bg not in (None, 'rgba(0, 0, 0, 0)'), st  # material's indigo header bar, not an unstyled page
+    assert '404' in text or '404' in title, st
