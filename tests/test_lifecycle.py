@@ -333,3 +333,14 @@ def test_warnings_on_rank0_only(monkeypatch):
         warnings.simplefilter('always')
         assert warn0('rank 0 says it', once='test_lifecycle.once') and not warn0('again', once='test_lifecycle.once')
     assert [str(w.message) for w in ws] == ['rank 0 says it']
+
+
+def test_callback_warnings_on_rank0_only(monkeypatch):
+    "A callback's warning (here AdaptiveCountsWeight's rule on degenerate losses) is given on rank 0 only"
+    from tsai_cbs.adaptive_loss import adaptive_lambda
+    for rank, n in (('1', 0), ('0', 1)):
+        monkeypatch.setenv('RANK', rank)
+        with warnings.catch_warnings(record=True) as ws:
+            warnings.simplefilter('always')
+            assert adaptive_lambda(1., float('nan'), 1., .5, .3, 0)[0] == 1.
+        assert len([w for w in ws if 'adaptive counts weight' in str(w.message)]) == n
