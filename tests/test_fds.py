@@ -269,7 +269,7 @@ def test_default_fds_on_a_model_ending_in_linear():
     learn.validate()
     assert fds.stats.epoch == 3
     m2, f2 = pickle.loads(pickle.dumps((learn.model, fds)))
-    assert not m2.head._forward_pre_hooks and f2._handle is None
+    assert not m2.head._forward_pre_hooks and f2._handle is None and f2.stats._scratch is None  # no scratch buffers in a pickle
     torch.testing.assert_close(f2.stats.running_mean, fds.stats.running_mean)
 
 
@@ -372,6 +372,8 @@ def test_state_dict_resume_equals_uninterrupted(in_tmp):
         torch.testing.assert_close(getattr(c.stats, k), getattr(a.stats, k), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match='state'): FDS().load_state_dict({'x': 1})
     with pytest.raises(TypeError, match='state'): FDS().load_state_dict([1])
+    with pytest.raises(ValueError, match='stats'): FDS().load_state_dict({'stats': {'x': 1}, 'bins': None})
+    with pytest.raises(ValueError, match='bins'): FDS().load_state_dict({'stats': None, 'bins': {'lo': 0}})
     fresh = FDS(); fresh.load_state_dict(FDS().state_dict())
     assert fresh.stats is None
 
@@ -417,6 +419,21 @@ def test_composes_with_lds_weighted_loss_and_batch_subsampler():
 _X, _Y = None, None
 def _x(i): return _X[i]
 def _y(i): return _Y[i].float()
+
+def test_labels_not_found_is_a_clear_error():
+    "A training set FDS cannot read labels from: a ValueError naming `labels` at fit, before any hook or step"
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from tsai_cbs.testing import synth_data
+    X, y = synth_data(64)
+    items = [(X[i], y[i]) for i in range(64)]  # a plain list of (x, y) pairs
+    dls = DataLoaders(DataLoader(items[:48], bs=16), DataLoader(items[48:], bs=16))
+    learn = synth_learner(cbs=FDS(), n_train=48, n_valid=16)
+    learn.dls = dls
+    w0 = learn.model.head.weight.detach().clone()
+    with learn.no_bar(), learn.no_logging(), pytest.raises(ValueError, match='`labels`'): learn.fit(1)
+    assert torch.equal(learn.model.head.weight, w0) and not learn.model.head._forward_pre_hooks
+
 
 def test_labels_from_fastai_datasets_and_export(in_tmp):
     "FDS() finds the labels of a fastai Datasets; learn.export after fit pickles no hook, and the loaded model predicts the same"

@@ -191,8 +191,14 @@ def load_state_dict(self:FDSStats, state:dict):
     self.epoch, self.n_features, self.live = int(state['epoch']), state['n_features'], bool(state['live'])
     for k in _STATE_TENSORS: setattr(self, k, None if state[k] is None else state[k].to(torch.float64).clone())
 
-FDSStats.__repr__ = lambda self: (f"FDSStats(n_bins={self.n_bins}, n_features={self.n_features}, epoch={self.epoch}, "
-                                  f"start_update={self.start_update}, start_smooth={self.start_smooth}, momentum={self.momentum}, lag={self.lag})")
+@patch
+def __getstate__(self:FDSStats):
+    return {**self.__dict__, '_scratch': None, '_tables': {}}  # rebuilt when needed: no use in a pickle (e.g. `learn.export`)
+
+@patch
+def __repr__(self:FDSStats):
+    return (f"FDSStats(n_bins={self.n_bins}, n_features={self.n_features}, epoch={self.epoch}, start_update={self.start_update}, "
+            f"start_smooth={self.start_smooth}, momentum={self.momentum}, lag={self.lag})")
 
 # %% ../nbs/14_fds.ipynb #c51c6551
 def _unwrap(model):
@@ -266,7 +272,7 @@ class FDS(Callback):
     def _check_fit(self):
         "Layer, bins and statistics for this fit, all checked before anything is changed"
         mod, name = _find_layer(self.learn.model, self.layer)
-        bins = self.bins or self._layout
+        bins = self.bins if self.bins is not None else self._layout
         if bins is None:
             bins = lds_bins(_train_labels(self.learn.dls), n_bins=self.n_bins, label_range=self.label_range, reweight='none')
         stats = self.stats
@@ -355,7 +361,7 @@ def _bins_from_state(st):
 @patch
 def state_dict(self:FDS) -> dict:
     "Statistics, epoch count and bins, as plain numbers and CPU tensors"
-    bins = self.bins or self._layout
+    bins = self.bins if self.bins is not None else self._layout
     return dict(stats=None if self.stats is None else self.stats.state_dict(), bins=None if bins is None else _bins_state(bins))
 
 @patch
@@ -364,6 +370,7 @@ def load_state_dict(self:FDS, state:dict):
     check_type('state', state, dict)
     if 'stats' not in state or 'bins' not in state: raise ValueError(f"`state` is not an FDS state: keys {sorted(state)}")
     bins, st = state['bins'], state['stats']
+    if st is not None and not (isinstance(st, dict) and 'n_bins' in st): raise ValueError("`state['stats']` is not the statistics of an FDS state")
     if bins is not None: bins = _bins_from_state(bins)
     if self.bins is not None and bins is not None and self.bins.n_bins != bins.n_bins:
         raise ValueError(f"`state` has {bins.n_bins} bins, this FDS's `bins` {self.bins.n_bins}")
