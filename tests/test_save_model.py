@@ -414,8 +414,10 @@ def test_ddp_rank0_writes_others_wait_then_load_the_same_best(in_tmp):
             def after_epoch(self):
                 if self.epoch == 1: raise RuntimeError('simulated crash')
         final = {}
-        for name, cbs in (('straight', [sm.SaveModel(at_end=True)]), ('crash', [sm.SaveModel(resume=True), Crash()]),
-                          ('resumed', [sm.SaveModel(resume=True, fname='final', at_end=True)])):
+        from tsai_cbs.batch_subsampler import BatchSubsampler  # draws with seed + rank: each rank resumes its own generator
+        sub = lambda: BatchSubsampler(sample_pct=.75, seed=5)
+        for name, cbs in (('straight', [sm.SaveModel(at_end=True), sub()]), ('crash', [sm.SaveModel(resume=True), Crash(), sub()]),
+                          ('resumed', [sm.SaveModel(resume=True, at_end=True), sub()])):
             learn = synth_learner('regression', path='resume' if name != 'straight' else 'straight', cbs=cbs, lr=3e-2)
             try:
                 with learn.distrib_ctx(cpu=True), learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4)

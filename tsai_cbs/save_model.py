@@ -18,10 +18,10 @@ from fastai.callback.core import Callback
 from fastai.callback.tracker import TrackerCallback
 from fastai.callback.schedule import ParamScheduler
 from fastai.callback.fp16 import MixedPrecision
-from fastai.torch_core import get_model
+from fastai.torch_core import get_model, rank_distrib, num_distrib
 from fastai.learner import load_model, Recorder
 from fastai.data.core import DataLoaders
-from .core import (check_type, check_number, check_choice, on_fit_end, is_rank0, distrib_barrier, broadcast_object,
+from .core import (check_type, check_number, check_choice, on_fit_end, is_rank0, distrib_barrier, broadcast_object, distrib_initialized,
                    is_training_fit, warn0, as_float, recorder_names)
 from .loss_weights import _WeightedLoss
 
@@ -417,7 +417,7 @@ def _auto_lower(monitor):
 # %% ../nbs/05_save_model.ipynb #6e7d0fb4
 class SaveModel(TrackerCallback):
     "A `TrackerCallback` that saves the best model (crash-safe) during training and loads it at the end; top-k, periodic and resumable checkpoints"
-    order, _stateattrs = TrackerCallback.order+1, ('_resumed', '_undo')
+    order, _stateattrs = TrackerCallback.order+1, ('_resumed', '_undo', '_rank_rng')
     def __init__(self,
         monitor:str='valid_loss', # value (loss or metric) being monitored, a name of `learn.recorder.metric_names`
         comp=None, # comparison operator, e.g. `np.less`; default: from `mode`
@@ -681,9 +681,18 @@ def _save_last(self:SaveModel, finished=False):
     if not self._fitting: return
     if not finished: self._logs.append([_plain(v) for v in self.recorder.log])  # the row as logged (with its time)
     self.writer.new_moment()  # callbacks after this one may have changed the optimizer (e.g. the LR plateau)
+    mine = dict(rng=get_rng_state(self.learn), callbacks=callback_states(self.learn))
+    ranks = _all_gather(mine)  # under DDP each rank's generators and callbacks (e.g. a subsampler seeded per rank) differ
     meta = dict(version=STATE_VERSION, epoch=self.epoch, n_epoch=self.n_epoch, train_iter=self.train_iter, monitor=self.monitor,
-                finished=finished, rng=get_rng_state(self.learn), callbacks=callback_states(self.learn))
+                finished=finished, **mine, ranks=ranks)
     self.writer.save_weights(self.last_name, True, extra=meta)
+
+def _all_gather(obj):
+    "`[obj of rank 0, obj of rank 1, ...]` under distributed training, else None"
+    if not distrib_initialized(): return None
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 # %% ../nbs/05_save_model.ipynb #6f95a8ea
 @patch
@@ -716,7 +725,16 @@ def _read_resume(self:SaveModel):
     if meta['monitor'] != self.monitor:
         raise ValueError(f"`resume`: {f} tracked {meta['monitor']!r}, this SaveModel monitors {self.monitor!r}")
     self._check_same_model(f, ck)
-    return f, ck, meta, match_callback_states(self.learn, meta['callbacks'], source=f'the checkpoint {f}')
+    mine = _rank_part(meta, f)
+    return f, ck, meta, match_callback_states(self.learn, mine['callbacks'], source=f'the checkpoint {f}')
+
+def _rank_part(meta, f):
+    "This rank's random states and callback states in the resume data (rank 0's outside distributed training)"
+    ranks, n, r = meta.get('ranks'), num_distrib() or 1, rank_distrib()
+    if (len(ranks) if ranks else 1) != n:
+        warn0(f"SaveModel: {f} was written by {len(ranks) if ranks else 1} processes, this run has {n}: every process resumes "
+              "with the random and callback states of the first one, so the run may differ from the interrupted one")
+    return ranks[r] if ranks and len(ranks) == n else meta
 
 @patch
 def _check_same_model(self:SaveModel, f, ck):
@@ -732,6 +750,8 @@ def _check_same_model(self:SaveModel, f, ck):
 def _start_resume(self:SaveModel, f, ck, meta, matched):
     learn, done = self.learn, meta['epoch'] + 1
     self._resumed, self._skip_to = (ck, meta, matched), (max(done, self.n_epoch) if meta['finished'] else done)
+    ranks = meta.get('ranks')
+    self._rank_rng = ranks[rank_distrib()]['rng'] if ranks and len(ranks) == (num_distrib() or 1) else meta['rng']
     if meta['n_epoch'] != self.n_epoch:
         warn0(f"SaveModel: resuming a run of {meta['n_epoch']} epochs with n_epoch={self.n_epoch}; schedules will not match the original run")
     if self._skip_to >= self.n_epoch:  # e.g. a notebook cell run again: say so rather than silently train nothing
@@ -757,7 +777,7 @@ def _restore(self:SaveModel):
     get_model(learn.model).load_state_dict(ck['model'])
     if ck.get('opt') is not None and getattr(learn, 'opt', None) is not None: learn.opt.load_state_dict(ck['opt'])
     for load, state in matched: load(state)
-    set_rng_state(meta['rng'], learn)
+    set_rng_state(self._rank_rng, learn)
     learn.train_iter = meta['train_iter']
     for row in self._logs: learn.logger(L(row))
 
