@@ -6,7 +6,7 @@
 __all__ = ['ShowGraphCallback2']
 
 # %% ../nbs/99_all.ipynb #e09f63c1
-from . import lds, loss_weights, batch_subsampler, save_model, multi_loss, trackers, adaptive_loss, epoch_log, show_graph, transform_scheduler, stop_after, fds
+from . import lds, loss_weights, batch_subsampler, save_model, multi_loss, trackers, adaptive_loss, epoch_log, show_graph, transform_scheduler, stop_after, fds, metrics
 from .lds import *
 from .loss_weights import *
 from .batch_subsampler import *
@@ -19,10 +19,11 @@ from .show_graph import *
 from .transform_scheduler import *
 from .stop_after import *
 from .fds import *
+from .metrics import *
 
 # %% ../nbs/99_all.ipynb #2a69c0ab
 _modules = (lds, loss_weights, batch_subsampler, save_model, multi_loss, trackers, adaptive_loss, epoch_log,
-            show_graph, transform_scheduler, stop_after, fds)
+            show_graph, transform_scheduler, stop_after, fds, metrics)
 # shared by the callbacks and kept in their modules, but left out of `import *`: their names are fastcore's (`atomic_save`)
 # or too generic to take over in a user's namespace
 _helpers = {'tsai_cbs.lds': ('LDS_KERNELS', 'LDS_REWEIGHTS'), 'tsai_cbs.fds': ('FDS_KERNELS',),
