@@ -17,7 +17,7 @@ from .checks import check_type, check_number, check_choice, check_pct, as_number
 
 # %% auto #0
 __all__ = ['StateKeeper', 'on_fit_end', 'is_rank0', 'distrib_initialized', 'distrib_barrier', 'inner_dl', 'broadcast_object',
-           'in_lr_find', 'is_training_fit', 'warn0', 'as_float', 'recorder_names', 'recorder_row']
+           'in_lr_find', 'is_training_fit', 'warn0', 'say0', 'as_float', 'recorder_names', 'recorder_row']
 
 # %% ../nbs/00_core.ipynb #81cb3308
 class StateKeeper:
@@ -119,18 +119,28 @@ def is_training_fit(learn:Learner) -> bool:
     return not (lock is not None and hasattr(lock, 'locked') and lock.locked())
 
 # %% ../nbs/00_core.ipynb #335bbbba
-_warned = set()
+_once_keys = set()  # keys of the once-only messages given in this process (`warn0` and `say0` share them)
+
+def _first_time(once) -> bool:
+    if once is None: return True
+    if once in _once_keys: return False
+    _once_keys.add(once)
+    return True
 
 def warn0(msg:str, # the warning text
           category=UserWarning, # warning class
           once=None, # a hashable key: warn only the first time this key is met in the process
           stacklevel:int=2): # as for `warnings.warn`, counted from the caller of `warn0`
     "`warnings.warn(msg, category)` on rank 0 only (no-op on other ranks); with `once`, only the first time for that key. True if it warned"
-    if not is_rank0(): return False
-    if once is not None:
-        if once in _warned: return False
-        _warned.add(once)
+    if not (is_rank0() and _first_time(once)): return False
     warnings.warn(msg, category, stacklevel=stacklevel + 1)
+    return True
+
+def say0(msg:str, # the message
+         once=None): # a hashable key: say it only the first time this key is met in the process
+    "Print an informative `msg` (not a warning: e.g. where a figure is written) on rank 0 only; with `once`, only the first time for that key"
+    if not (is_rank0() and _first_time(once)): return False
+    print(msg)
     return True
 
 # %% ../nbs/00_core.ipynb #8c86bcef

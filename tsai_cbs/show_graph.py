@@ -12,7 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from fastai.callback.core import Callback
-from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0, is_training_fit, recorder_names
+from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0, is_training_fit, recorder_names, say0
 
 # %% auto #0
 __all__ = ['live_display', 'figure_path', 'check_figure_path', 'show_figure', 'recorder_table', 'plot_metrics', 'ShowGraph']
@@ -168,7 +168,7 @@ class ShowGraph(Callback):
         if len(figsize) != 2: raise ValueError(f"`figsize` must be a (width, height) tuple in inches, got {figsize!r}")
         for v in figsize: check_number('figsize', v, 0, lo_incl=False)
         self.plot_metrics,self.final_losses,self.perc,self.fname,self.mode,self.figsize = plot_metrics,final_losses,perc,fname,mode,tuple(figsize)
-        self.fig,self._told,self.drawing = None,False,False
+        self.fig,self.drawing = None,False
 
     @property
     def image_path(self) -> Path:
@@ -231,10 +231,9 @@ class ShowGraph(Callback):
 
     def _save(self, fig, path, what):
         show_figure(fig, live=False, path=path)
-        if not self._told and not self.live:
-            self._told = True
+        if not self.live:  # said once per process for an image file (rank 0)
             also = f"; the metrics plot to {self.metrics_path} at the end" if self.plot_metrics else ''
-            print(f"ShowGraph: the {what} is written to {path} after every epoch{also}")
+            say0(f"ShowGraph: the {what} is written to {path} after every epoch{also}", once=('ShowGraph', str(self.image_path)))
 
     def _close(self):
         if self.fig is not None: plt.close(self.fig)
