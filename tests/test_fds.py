@@ -366,6 +366,9 @@ def test_state_dict_resume_equals_uninterrupted(in_tmp):
     lb.save('m2')
     c = FDS(); lc = make(c); lc.load('m2')
     c.load_state_dict(state)
+    for k in ('lo', 'hi', 'n_bins', 'scale', 'dtype', 'reweight'):  # the bins come back as they were
+        assert getattr(c._layout, k) == getattr(b._layout, k), k
+    assert torch.equal(c._layout.counts, b._layout.counts)
     assert c.stats.epoch == 2 and c.stats.running_mean.device.type == 'cpu'
     with lc.no_bar(), lc.no_logging(): lc.fit(2)
     for k in ('running_mean', 'running_var', 'smoothed_mean', 'smoothed_var', 'tracked'):

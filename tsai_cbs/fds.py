@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_fds.ipynb #e3fa8329
 from __future__ import annotations
-import copy, math
+import copy, inspect, math
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -344,19 +344,20 @@ def _hook(self:FDS, module, args, output):
     return self._features(output)
 
 # %% ../nbs/14_fds.ipynb #35cae05c
-_BINS_FIELDS = ('lo', 'hi', 'n_bins', 'scale', 'counts', 'smoothed', 'weights', 'reweight', 'lds_kernel', 'lds_ks', 'lds_sigma', 'max_rel_weight')
+_BINS_NEEDED = ('lo', 'hi', 'n_bins', 'scale', 'counts', 'smoothed', 'weights', 'dtype')
 
 def _bins_state(bins):
     "An `LDSBins` as plain numbers, strings and CPU tensors (checkpoints are read with `torch.load(weights_only=True)`)"
-    st = {k: getattr(bins, k) for k in _BINS_FIELDS}
-    st.update(counts=bins.counts.cpu(), smoothed=bins.smoothed.cpu(), weights=bins.weights.cpu(), dtype=str(bins.dtype).split('.')[-1])
+    st = {k: getattr(bins, k) for k in inspect.signature(LDSBins).parameters if hasattr(bins, k)}
+    st = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+    st['dtype'] = str(bins.dtype).split('.')[-1]
     return st
 
 def _bins_from_state(st):
-    if not isinstance(st, dict) or not set(_BINS_FIELDS) <= set(st):
+    if not isinstance(st, dict) or not set(_BINS_NEEDED) <= set(st):
         raise ValueError("`state['bins']` is not the bins of an FDS state")
-    kw = {k: st[k] for k in _BINS_FIELDS}
-    return LDSBins(**kw, dtype=getattr(torch, st['dtype']))
+    kw = {k: v for k, v in st.items() if k in inspect.signature(LDSBins).parameters}
+    return LDSBins(**{**kw, 'dtype': getattr(torch, st['dtype'])})
 
 @patch
 def state_dict(self:FDS) -> dict:
