@@ -623,3 +623,12 @@ def test_adapters_of_mixed_precision_and_param_scheduler(in_tmp):
     h1, h2 = Hps(), Hps()
     quiet_fit(learn, 3, cbs=h1, one_cycle=True); quiet_fit(straight, 3, cbs=h2, one_cycle=True)
     assert h1.hps == h2.hps and len(h1.hps['lr']) == 24
+
+
+def test_a_state_a_resume_could_not_read_is_an_error_when_written(in_tmp):
+    class NumpyState(Callback):
+        def state_dict(self): return dict(arr=np.zeros(3), ok=np.float32(1.))  # numpy scalars load; arrays do not
+        def load_state_dict(self, state): pass
+    learn = synth_learner(cbs=[SaveModel(save_last=True), NumpyState()])
+    with pytest.raises(TypeError, match=r'callback numpy_state \(NumpyState\): its state_dict\(\) holds a numpy.ndarray'): quiet_fit(learn, 2)
+    assert len(learn.recorder.values) == 1  # found when the first `last` checkpoint is written, not at resume time

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno, io, math, os, random, re, socket, string, tempfile, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext, suppress
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 import numpy as np
@@ -252,10 +253,24 @@ def _stateful(learn, skip=()):
         out.append((cb.name if n == 0 else f'{cb.name}_{n}', cb, *fns))
     return out
 
+_LOADABLE = (type(None), bool, int, float, complex, str, bytes, torch.Tensor, torch.dtype, torch.device, np.generic, np.dtype)
+
+def _check_loadable(o, where):
+    "TypeError now, naming the callback, for what `load_checkpoint` (`weights_only=True`) would refuse at resume time"
+    if isinstance(o, _LOADABLE): return
+    if type(o) in (dict, OrderedDict):
+        for k, v in o.items(): _check_loadable(k, where); _check_loadable(v, where)
+    elif type(o) in (list, tuple, L, torch.Size):
+        for v in o: _check_loadable(v, where)
+    else: raise TypeError(f"{where}: its state_dict() holds a {type(o).__module__}.{type(o).__qualname__}, which a checkpoint read with "
+                          "weights_only=True cannot hold; keep to numbers, strings, None, lists, tuples, dicts and tensors")
+
 def callback_states(learn, # the `Learner`
                     skip=()): # callbacks to leave out
     "`{key: {'cls': class name, 'state': state_dict}}` for every callback of `learn` that has state"
-    return {k: dict(cls=type(cb).__name__, state=_plain_tensors(get())) for k, cb, get, _ in _stateful(learn, skip)}
+    out = {k: dict(cls=type(cb).__name__, state=_plain_tensors(get())) for k, cb, get, _ in _stateful(learn, skip)}
+    for k, v in out.items(): _check_loadable(v['state'], f"callback {k} ({v['cls']})")
+    return out
 
 # %% ../nbs/05_save_model.ipynb #016faa30
 def match_callback_states(learn, # the `Learner` to load into
