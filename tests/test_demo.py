@@ -84,6 +84,23 @@ def test_stop_after(tmp_path):
     assert '[plain_seed0] epoch 2/6' in res.stdout and 'epoch 3/6' not in res.stdout
     assert 'stopped after 2 of its 6 epochs' in res.stdout and json.loads((tmp_path/'o'/'results.json').read_text())['trained'] == 2
 
+def test_fds_arms(tmp_path):
+    "The FDS arms (alone and with LDS) train, and FDS really calibrated features"
+    from fastai.callback.core import Callback
+    from tsai_cbs.demo import train_run
+    data = load_data('tecator')
+    regions = shot_regions(data[1])
+    seen = []
+    class Watch(Callback):
+        order = 99
+        def after_epoch(self):
+            fds = next(cb for cb in self.learn.cbs if type(cb).__name__ == 'FDS')
+            seen.append(bool(fds.stats is not None and fds.stats.calibrating))
+    for arm in ('fds', 'lds+fds'):
+        seen.clear()
+        r = train_run(arm, 0, data, regions, tmp_path, epochs=3, graph=False, cbs=[Watch()])
+        assert r['trained'] == 3 and np.isfinite(r['scores']['mae']) and seen[-1], (arm, seen)
+
 def test_without_sktime(tmp_path):
     code = ("import sys; sys.modules['sktime'] = None; sys.modules['sktime.datasets'] = None\n"
             "from tsai_cbs.demo import main; sys.exit(main(['--quick']))")
@@ -104,7 +121,8 @@ def test_options(capsys):
     for bad in (['--dataset', 'gunpoint'], ['--epochs', '0'], ['--seeds', '-1'], ['--arms', 'plain,fancy'], ['--stop-after', '0']):
         with pytest.raises(SystemExit) as e: parse_args(bad)
         assert e.value.code == 2, bad
-    assert set(ARMS) >= {'plain', 'lds'}
+    assert set(ARMS) == {'plain', 'lds', 'fds', 'lds+fds'}
+    assert parse_args(['--arms', 'plain,lds+fds']).arms == ['plain', 'lds+fds']
 
 def test_covid3month_data():
     Xtr, ytr, Xte, yte = load_data('covid3month')

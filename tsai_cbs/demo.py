@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['DATASETS', 'ARMS', 'COLUMNS', 'MissingExtra', 'load_data', 'Denorm', 'small_cnn', 'Jitter', 'train_run', 'summarize',
-           'format_table', 'verdict', 'plot_labels', 'plot_losses', 'plot_regions', 'plot_predictions', 'parse_args',
-           'run_demo', 'main']
+__all__ = ['DATASETS', 'ARMS', 'DEFAULT_ARMS', 'COLUMNS', 'MissingExtra', 'load_data', 'Denorm', 'small_cnn', 'Jitter',
+           'train_run', 'summarize', 'format_table', 'verdict', 'plot_labels', 'plot_losses', 'plot_regions',
+           'plot_predictions', 'parse_args', 'run_demo', 'main']
 
 # %% ../nbs/16_demo.ipynb #98a2f11f
 class MissingExtra(ImportError):
@@ -87,7 +87,12 @@ def _lds(ytr):
     from tsai_cbs.loss_weights import LDSWeightedLoss
     return [LDSWeightedLoss(ytr)]
 
-ARMS = {'plain': lambda ytr: [], 'lds': _lds}
+def _fds(ytr):
+    from tsai_cbs.fds import FDS
+    return [FDS(labels=ytr)]  # calibrates the input of the model's last Linear (the pooled conv features)
+
+ARMS = {'plain': lambda ytr: [], 'lds': _lds, 'fds': _fds, 'lds+fds': lambda ytr: _lds(ytr) + _fds(ytr)}
+DEFAULT_ARMS = ('plain', 'lds')
 
 # %% ../nbs/16_demo.ipynb #f473a3d0
 def _logger(out:Path, epochs:int, console:bool=True):
@@ -216,7 +221,7 @@ def _fig(*size):
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing shown, works headless
     return Figure(figsize=size, layout='constrained')
 
-_COLORS = {'plain': '#4c72b0', 'lds': '#dd8452'}
+_COLORS = {'plain': '#4c72b0', 'lds': '#dd8452', 'fds': '#55a868', 'lds+fds': '#8172b2'}
 _REGION_COLORS = ('#55a868', '#ccb974', '#c44e52')
 
 def _color(arm, i): return _COLORS.get(arm, f'C{i + 2}')
@@ -294,7 +299,7 @@ def parse_args(argv=None):
     ap.add_argument('--dataset', default='tecator', choices=list(DATASETS), help='data set (default: tecator)')
     ap.add_argument('--epochs', type=int, default=None, help='epochs per run (default: 60; 8 with --quick)')
     ap.add_argument('--seeds', type=int, default=None, help='seeds per arm (default: 3; 2 with --quick)')
-    ap.add_argument('--arms', default=','.join(ARMS), help=f"comma-separated arms among {', '.join(ARMS)} (default: all)")
+    ap.add_argument('--arms', default=','.join(DEFAULT_ARMS), help=f"comma-separated arms among {', '.join(ARMS)} (default: {','.join(DEFAULT_ARMS)})")
     ap.add_argument('--out', default=None, help='folder for figures, results and checkpoints (default: a new folder '
                     'tsai_cbs_demo_<dataset>_<time> under the current one); an earlier run\'s folder resumes it')
     ap.add_argument('--quick', action='store_true', help='a smoke run: 8 epochs, 2 seeds')
@@ -311,7 +316,7 @@ def parse_args(argv=None):
     return a
 
 # %% ../nbs/16_demo.ipynb #1bf1bf52
-def run_demo(dataset='tecator', epochs=60, seeds=3, arms=('plain', 'lds'), out=None, stop_after=None, console=True) -> dict:
+def run_demo(dataset='tecator', epochs=60, seeds=3, arms=DEFAULT_ARMS, out=None, stop_after=None, console=True) -> dict:
     "Everything `python -m tsai_cbs.demo` does; returns the summary, the table and where the files are"
     from tsai_cbs.metrics import shot_regions
     t0 = time.perf_counter()
