@@ -362,7 +362,7 @@ def comparable_text(outputs) -> str:
         t = _txt(d.get('text/plain')) if 'text/plain' in d and not any(k.startswith('image/') for k in d) else ''
         if not t and 'text/markdown' in d: t = _txt(d['text/markdown'])
         for rx, rep in _re_mask: t = rx.sub(rep, t)
-        t = re.sub(r'[ \t]+', ' ', t)  # column padding follows the width of the (masked) numbers
+        t = re.sub(r'[ \t]*#\.#[ \t]*', '#.#', re.sub(r'[ \t]+', ' ', t))  # padding follows the width of the (masked) numbers
         if t.strip(): parts.append(t.strip())
     return '\n'.join(parts)
 

@@ -158,6 +158,26 @@ def test_site_renders_the_notebooks(tmp_path):
     for name in pages - {'lds'}: assert f'href="{name}.html"' in lds, f'no nav link to {name}'
     assert not re.search(r'#\|\s*(hide|export|default_exp)', lds) and 'FutureWarning' not in lds
 
+# --- stored outputs are current --------------------------------------------------------------------
+def _ided(*cells):
+    for i, c in enumerate(cells): c['id'] = f'c{i}'
+    return cells
+
+def test_check_outputs(tmp_path):
+    "A notebook whose stored text outputs differ from a fresh run is found; numbers with decimals, streams and opted-out cells are not compared"
+    good = _nb(tmp_path/'01_ok.ipynb', *_ided(_md('# ok'), _code('1 + 1', _result(**{'text/plain': '2'})),
+               _code('import time; time.time()', _result(**{'text/plain': '1733312.25'})),
+               _code("print('fresh')", _stream('stdout', 'stored\n')),
+               _code('#| check_output: false\nlist(range(3))', _result(**{'text/plain': '[9]'})),
+               _code("import numpy as np; np.array([0.5, 10.25])", _result(**{'text/plain': 'array([ 0.25, 11.5 ])'}))))
+    assert build.stale_outputs(good) == []
+    bad = _nb(tmp_path/'02_bad.ipynb', *_ided(_md('# bad'), _code("sorted(['b', 'a', 'c'])", _result(**{'text/plain': "['a', 'b']"})),
+              _code("'never stored'")))
+    assert build.stale_outputs(bad) == [('c1', "['a', 'b']", "['a', 'b', 'c']"), ('c2', '', "'never stored'")]
+    assert build.main(['check-outputs', '--n-workers', '1', str(bad)]) == 1
+    assert build.main(['check-outputs', '--n-workers', '1', str(good)]) == 0
+    assert build.main(['check-outputs', '--n-workers', '2', str(good), str(bad)]) == 1  # a process per notebook
+
 # --- in a browser ---------------------------------------------------------------------------------
 # Headless Chromium (Debian's `chromium`) opens the built pages, from disk and served, and the checks read what it
 # rendered. Without a chromium binary these tests are skipped, saying why.
