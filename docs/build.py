@@ -173,7 +173,7 @@ def _fence(text, lang=''):
     return f'{ticks}{lang}\n{text.rstrip()}\n{ticks}'
 
 
-WIDE_PX = 1200  # wider than the content column even on a large screen: scroll rather than shrink
+WIDE_PX = 1100  # wider than the content column on a large screen: scroll rather than shrink
 
 def png_size(png:bytes):
     "(width, height, dpi) of a PNG; dpi from its pHYs chunk, None when it has none"
@@ -184,13 +184,14 @@ def png_size(png:bytes):
     dpi = round(struct.unpack('>I', png[k + 4:k + 8])[0] * .0254) if k > 0 and png[k + 12] == 1 else None
     return w, h, dpi
 
-def _figure_md(src, png, alt):
-    "A figure that opens full size when clicked; a wide one keeps a readable size and scrolls sideways"
+def _figure_md(src, png, alt, meta=None):
+    "A figure at the size the notebook showed it, opening full size when clicked; a wide one scrolls sideways instead of shrinking"
     w, h, dpi = png_size(png)
-    if w is None or w <= WIDE_PX:
-        return f'<figure class="nb-figure" markdown="0"><a href="{src}"><img src="{src}" alt="{alt}"></a></figure>'
-    # high-dpi notebook figures (e.g. 'retina') are shown at their CSS size, never below the content width
-    css_w = max(WIDE_PX, round(w * 96 / dpi)) if dpi and dpi > 96 else w
+    # a 'retina' figure stores its display size in the output's metadata (half its pixels), as Jupyter shows it
+    css_w = (meta or {}).get('width') or w
+    if css_w is None: return f'<figure class="nb-figure" markdown="0"><a href="{src}"><img src="{src}" alt="{alt}"></a></figure>'
+    if css_w <= WIDE_PX:
+        return f'<figure class="nb-figure" markdown="0"><a href="{src}"><img src="{src}" alt="{alt}" width="{css_w}"></a></figure>'
     return (f'<figure class="nb-figure nb-wide" markdown="0"><a href="{src}"><img src="{src}" alt="{alt}" '
             f'width="{css_w}" style="max-width:none"></a></figure>')
 
@@ -204,7 +205,7 @@ def _output_md(o, img_dir, img_stem, n_img):
         name = f'{img_stem}_{n_img}.png'
         png = base64.b64decode(_txt(data['image/png']))
         (img_dir/name).write_bytes(png)
-        return _figure_md(f'{img_dir.name}/{name}', png, f'figure {n_img + 1}'), 1
+        return _figure_md(f'{img_dir.name}/{name}', png, f'figure {n_img + 1}', (o.get('metadata') or {}).get('image/png')), 1
     if 'image/svg+xml' in data and img_dir is not None: return _txt(data['image/svg+xml']), 0
     if 'text/markdown' in data: return _txt(data['text/markdown']).strip(), 0
     if 'text/html' in data: return f'<div class="nb-output" markdown="0">\n{_txt(data["text/html"]).strip()}\n</div>', 0

@@ -85,7 +85,7 @@ def test_nb2md(tmp_path):
         assert gone not in md, gone
     for kept in ['### exported_fn\n\n*Exported doc*', '```python\nvisible = 2\nprint(visible)\n```',
                  '```\nstored stdout 2\n```', '```\nepoch 1/2 loss 0.5\nepoch 2/2 loss 0.4\n```', '```\noutput of a cell without echo\n```', '```python\nsource_without_output()\n```',
-                 '<figure class="nb-figure" markdown="0"><a href="img/thing_0.png"><img src="img/thing_0.png" alt="figure 1"></a></figure>', '<div class="nb-output" markdown="0">\n<table><tr><td>html cell</td>']:
+                 '<figure class="nb-figure" markdown="0"><a href="img/thing_0.png"><img src="img/thing_0.png" alt="figure 1" width="100"></a></figure>', '<div class="nb-output" markdown="0">\n<table><tr><td>html cell</td>']:
         assert kept in md, kept
     assert (tmp_path/'img'/'thing_0.png').read_bytes() == png
     # without an image folder (the README) figures are left out
@@ -341,7 +341,10 @@ def test_room_for_code_and_figures(tmp_path, browser):
     long_sig = 'def f(' + ', '.join(f'argument_{i}:int={i}' for i in range(12)) + '): pass'
     _nb(nbs/'01_wide.ipynb', _md('# Wide'), _code(long_sig),
         _code('plot()', dict(output_type='display_data', metadata={}, data={'image/png': base64.b64encode(wide).decode()})),
-        _code('small()', dict(output_type='display_data', metadata={}, data={'image/png': base64.b64encode(_png()).decode()})))
+        _code('small()', dict(output_type='display_data', metadata={}, data={'image/png': base64.b64encode(_png()).decode()})),
+        # a 'retina' figure: twice the pixels of its display size, which the output's metadata holds
+        _code('retina()', dict(output_type='display_data', metadata={'image/png': {'width': 900, 'height': 75}},
+                               data={'image/png': base64.b64encode(wide).decode()})))
     site = build.build_site(tmp_path/'site', nbs=nbs)
     s = browser.open((site/'wide.html').as_uri())
     col = browser.eval(s, "document.querySelector('.md-content').getBoundingClientRect().width")
@@ -349,9 +352,10 @@ def test_room_for_code_and_figures(tmp_path, browser):
     fig_box = browser.eval(s, """(() => { const f = document.querySelectorAll('figure.nb-figure');
         return [...f].map(e => { const i = e.querySelector('img'); return [i.getBoundingClientRect().width, e.scrollWidth, e.clientWidth,
         e.querySelector('a').getAttribute('href') === i.getAttribute('src')]; }); })()""")
-    (w_img, scroll, client, linked), small = fig_box
-    assert w_img >= 1200 and scroll > client and linked, fig_box  # readable size, scrolls sideways, opens full size
+    (w_img, scroll, client, linked), small, retina = fig_box
+    assert w_img == 3600 and scroll > client and linked, fig_box  # its own size, scrolls sideways, opens full size
     assert small[0] <= col and small[1] <= small[2]
+    assert retina[0] == 900 and retina[1] <= retina[2]  # shown at its display size, no scrolling
 
 @needs_chromium
 def test_all_page_lists_every_name(site, browser):
