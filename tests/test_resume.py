@@ -102,7 +102,7 @@ class Grab(Callback):
     def after_fit(self): self.w = {k: v.clone() for k, v in self.model.state_dict().items()}
 
 
-def _result(learn, grab, epoch_lr):
+def _result(learn, grab, epoch_lr, tracker_log):
     acw = next((c for c in learn.cbs if isinstance(c, AdaptiveCountsWeight)), None)
     return dict(final=grab.w, best={k: v.clone() for k, v in learn.model.state_dict().items()},
                 values=[[float('nan') if v is None else float(v) for v in r] for r in learn.recorder.values],
@@ -111,7 +111,17 @@ def _result(learn, grab, epoch_lr):
                 lam=None if acw is None else acw.lambda_history,
                 stop_after=(learn.stop_after.n_batches, learn.stop_after.n_epochs, learn.stop_after.stopped),
                 best_epoch=learn.save_model.best_epoch, best_value=learn.save_model.best,
-                trackers=[(type(c).__name__, float(c.best), getattr(c, 'wait', None)) for c in learn.cbs if isinstance(c, TrackerCallback)], files=sorted(p.name for p in (Path(learn.path)/'models').iterdir()))
+                trackers=tracker_log.rows, schedule=[list(a) for a in learn.transform_scheduler.applied], files=sorted(p.name for p in (Path(learn.path)/'models').iterdir()))
+
+
+class TrackerLog(Callback):
+    "Every tracker's `best` and `wait` after each epoch (they are re-based when λ changes); a user's callback with the state protocol"
+    order = 64  # after fastai's trackers (60-63)
+    def before_fit(self): self.rows = []
+    def after_epoch(self):
+        self.rows.append([(type(c).__name__, float(c.best), getattr(c, 'wait', None)) for c in self.learn.cbs if isinstance(c, TrackerCallback)])
+    def state_dict(self): return dict(rows=[list(r) for r in self.rows])
+    def load_state_dict(self, state): self.rows = [[tuple(t) for t in r] for r in state['rows']]
 
 
 class EpochLR(Callback):
@@ -132,12 +142,12 @@ def _child(config, path, background, kill, out):
         torch.manual_seed(os.getpid()); np.random.seed(os.getpid() % 2**32)
         warnings.filterwarnings('error', message='.*(not restored|start afresh).*')  # every callback's state must match
         learn = BUILD[config](path, background)
-        grab, epoch_lr = Grab(), EpochLR()
-        cbs = [grab, epoch_lr] + ([Kill(*kill)] if kill else [])
+        grab, epoch_lr, tracker_log = Grab(), EpochLR(), TrackerLog()
+        cbs = [grab, epoch_lr, tracker_log] + ([Kill(*kill)] if kill else [])
         with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='.*(clamped|resuming a run).*')
             learn.fit(N_EPOCH, cbs=cbs)
-        torch.save(_result(learn, grab, epoch_lr), out)
+        torch.save(_result(learn, grab, epoch_lr, tracker_log), out)
         code = 0
     except BaseException:
         traceback.print_exc()
@@ -193,7 +203,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, tmp_path_fact
     status = _run(config, run, background, out=tmp_path/'result.pt')
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, 'the last resumed run failed (its traceback is above)'
     res = torch.load(tmp_path/'result.pt', weights_only=False)
-    for k in ('final', 'best', 'values', 'lrs', 'epoch_lrs', 'losses', 'stopped_at', 'lam', 'stop_after', 'best_epoch', 'best_value', 'trackers'):
+    for k in ('final', 'best', 'values', 'lrs', 'epoch_lrs', 'losses', 'stopped_at', 'lam', 'stop_after', 'best_epoch', 'best_value', 'trackers', 'schedule'):
         assert _same(res[k], ref[k]), k
     # the resume file of the finished run is gone (delete_last defaults to True with resume): a re-run trains again
     assert res['files'] == ref['files'] and 'model_last.pth' not in res['files'], res['files']
