@@ -383,9 +383,14 @@ def fresh_run(path):
     path = Path(path).resolve()
     nb = NBProcessor(path, rm_directives=False, process=True).nb
     skip = _skip_cell(nb, (get_config().get('tst_flags') or '').split())
-    os.environ['IN_TEST'] = '1'
-    k = CaptureShell(path)
-    with working_directory(path.parent): k.run_all(nb, exc_stop=True, preproc=skip)
+    prev = os.environ.get('IN_TEST')
+    os.environ['IN_TEST'] = '1'  # as nbdev-test: notebooks may check it
+    try:
+        k = CaptureShell(path)
+        with working_directory(path.parent): k.run_all(nb, exc_stop=True, preproc=skip)
+    finally:
+        if prev is None: os.environ.pop('IN_TEST', None)
+        else: os.environ['IN_TEST'] = prev
     return nb.cells
 
 def stale_outputs(path) -> list:
