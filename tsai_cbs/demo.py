@@ -192,12 +192,17 @@ def summarize(results:list) -> dict:
                     float(np.nanstd(v)) if not np.all(np.isnan(v)) else math.nan, len(v)) for k, v in d.items()}
             for a, d in out.items()}
 
-def _pm(m, s): return 'n/a' if math.isnan(m) else f'{m:.3f} ± {s:.3f}'
+def _pm(m, s, dec=3): return 'n/a' if math.isnan(m) else f'{m:.{dec}f} ± {s:.{dec}f}'
+
+def _decimals(summary):
+    "Decimals for the table: three significant digits at the scale of its errors (0.581, 0.0304, 12.3)"
+    vals = [abs(v[0]) for d in summary.values() for k, _ in COLUMNS for v in [d[k]] if not math.isnan(v[0]) and v[0] > 0]
+    return max(0, 2 - math.floor(math.log10(float(np.median(vals))))) if vals else 3
 
 def format_table(summary:dict) -> str:
     "The summary as a markdown table (mean ± std over seeds)"
-    head = ['arm', *[c for _, c in COLUMNS]]
-    rows = [[a, *[_pm(*d[k][:2]) for k, _ in COLUMNS]] for a, d in summary.items()]
+    head, dec = ['arm', *[c for _, c in COLUMNS]], _decimals(summary)
+    rows = [[a, *[_pm(*d[k][:2], dec) for k, _ in COLUMNS]] for a, d in summary.items()]
     w = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
     line = lambda r: '| ' + ' | '.join(str(c).ljust(n) for c, n in zip(r, w)) + ' |'
     return '\n'.join([line(head), '|' + '|'.join('-' * (n + 2) for n in w) + '|', *map(line, rows)])
@@ -212,8 +217,8 @@ def verdict(summary:dict, base:str='plain') -> list:
             if math.isnan(m0) or math.isnan(m1): lines.append(f'{arm}: no {what} (no test sample in that region)'); continue
             rel = (m1 - m0) / m0 * 100 if m0 else math.inf
             sure = 'more than' if abs(m1 - m0) > max(s0, s1) else 'within'
-            lines.append(f"{arm} {'lowered' if m1 < m0 else 'raised'} the {what} from {m0:.3f} to {m1:.3f} "
-                         f"({rel:+.1f} %), {sure} one std over seeds ({max(s0, s1):.3f})")
+            lines.append(f"{arm} {'lowered' if m1 < m0 else 'raised'} the {what} from {m0:.3g} to {m1:.3g} "
+                         f"({rel:+.1f} %), {sure} one std over seeds ({max(s0, s1):.2g})")
     return lines
 
 # %% ../nbs/16_demo.ipynb #135c0130
