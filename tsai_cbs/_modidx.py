@@ -107,6 +107,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'tsai_cbs.demo.MissingExtra': ('demo.html#missingextra', 'tsai_cbs/demo.py'),
                                'tsai_cbs.demo._close_logger': ('demo.html#_close_logger', 'tsai_cbs/demo.py'),
                                'tsai_cbs.demo._color': ('demo.html#_color', 'tsai_cbs/demo.py'),
+                               'tsai_cbs.demo._decimals': ('demo.html#_decimals', 'tsai_cbs/demo.py'),
                                'tsai_cbs.demo._diff_znorm': ('demo.html#_diff_znorm', 'tsai_cbs/demo.py'),
                                'tsai_cbs.demo._fds': ('demo.html#_fds', 'tsai_cbs/demo.py'),
                                'tsai_cbs.demo._fig': ('demo.html#_fig', 'tsai_cbs/demo.py'),
