@@ -344,3 +344,20 @@ def test_callback_warnings_on_rank0_only(monkeypatch):
             warnings.simplefilter('always')
             assert adaptive_lambda(1., float('nan'), 1., .5, .3, 0)[0] == 1.
         assert len([w for w in ws if 'adaptive counts weight' in str(w.message)]) == n
+
+
+def test_is_training_fit_in_nested_validate(tmp_path):
+    "A `validate` called by a callback during a fit (its `before_fit` too) is not a training fit; the fit is again after it"
+    seen = []
+    class Nested(Callback):
+        order = 90
+        def before_fit(self): seen.append(('before_fit', is_training_fit(self.learn)))
+        def after_epoch(self):
+            if len(seen) == 1:  # once: the nested validate sends after_epoch too
+                seen.append(None)
+                self.learn.validate()
+                seen.append(('back', is_training_fit(self.learn)))
+    learn = _plain([Nested()], tmp_path)
+    _fit(learn, n=1)
+    assert seen == [('before_fit', True), None, ('before_fit', False), ('back', True)]
+    assert not is_training_fit(learn)
