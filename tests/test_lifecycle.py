@@ -32,6 +32,7 @@ from tsai_cbs.epoch_log import EpochLog
 from tsai_cbs.show_graph import ShowGraph
 from tsai_cbs.transform_scheduler import TransformScheduler
 from tsai_cbs.stop_after import StopAfter
+from tsai_cbs.trackers import TrackerRecords
 
 N, NV, BS, EPOCHS = 48, 16, 16, 2
 
@@ -90,6 +91,7 @@ def _obs_adapt(cb, learn): return ([{k: v for k, v in r.items() if k != 'fit'} f
 def _obs_sched(cb, learn): return [round(v, 6) for _, v in cb.applied]
 def _obs_stop(cb, learn): return (cb.stopped, cb.n_batches, cb.n_epochs)
 def _obs_none(cb, learn): return None
+def _obs_records(cb, learn): return [(type(t).__name__, k[1] if k else None) for t, _, k in cb._entries]  # tracker, epoch of its best
 
 CALLBACKS = {
     'SaveModel': (lambda: SaveModel(fname='m'), _plain, _obs_save),
@@ -103,6 +105,8 @@ CALLBACKS = {
     'TransformScheduler': (lambda: TransformScheduler(lambda p: 1 - p / 2),
                            lambda cbs, path: _plain(cbs, path, after_batch=Magnitude(.1)), _obs_sched),
     'StopAfter': (lambda: StopAfter(max_batches=4), _plain, _obs_stop, lambda: [CancelAfterBatches(4)]),
+    'TrackerRecords': (lambda: TrackerRecords(), lambda cbs, path: _plain(list(cbs or []) + [EarlyStoppingCallback(patience=5)], path),
+                       _obs_records),
 }
 try:
     from tsai_cbs.fds import FDS
@@ -361,3 +365,15 @@ def test_is_training_fit_in_nested_validate(tmp_path):
     _fit(learn, n=1)
     assert seen == [('before_fit', True), None, ('before_fit', False), ('back', True)]
     assert not is_training_fit(learn)
+
+
+@pytest.mark.parametrize('how', ['interrupt', 'error'])
+def test_fastai_trackers_on_again_after_interrupted_lr_find(how, tmp_path):
+    "fastai's trackers set `run = False` in lr_find and only `after_fit` puts it back: the guarded fit does it after an exception"
+    es = EarlyStoppingCallback(patience=5)
+    learn = _plain([es], tmp_path)
+    with learn.added_cbs(Killer(how, in_lr_find=True)):
+        with pytest.raises(KeyboardInterrupt if how == 'interrupt' else RuntimeError): learn.lr_find(num_it=6, show_plot=False)
+    assert es.run
+    _fit(learn, n=1)
+    assert math.isfinite(es.best) and es.best == pytest.approx(learn.recorder.values[-1][1])

@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #78dfda01
 from __future__ import annotations
-import functools, sys, warnings
+import functools, inspect, sys, warnings
+from fastcore.foundation import L
 import numpy as np
 import torch
 from fastai.learner import Learner
@@ -63,13 +64,28 @@ def _run_cleanups(fns):
         finally:
             if lend: cb.learn = None
 
+def _reset_run(learn, fit_cbs):
+    # what fastai's `Callback.__call__` does at `after_fit` for every callback, which an exception skips: a callback that
+    # turned itself off with `run = False` (fastai's trackers do in `lr_find`) would stay off for the next `fit`
+    for cb in list(learn.cbs) + list(L(fit_cbs)):
+        if isinstance(cb, Callback): cb.run = True
+
 def _guarded_fit(fit):
+    sig = inspect.signature(fit)
     @functools.wraps(fit)
     def _fit(self, *args, **kwargs):
         stack = self.__dict__.setdefault('_tsai_cbs_fit_cleanups', [])
         stack.append([])
-        try: return fit(self, *args, **kwargs)
-        finally: _run_cleanups(stack.pop())
+        ended = False
+        try:
+            res = fit(self, *args, **kwargs)
+            ended = True
+            return res
+        finally:
+            if not ended:
+                try: _reset_run(self, sig.bind(self, *args, **kwargs).arguments.get('cbs'))
+                except Exception as e: warnings.warn(f"tsai_cbs: could not switch the callbacks back on after fit: {e!r}")
+            _run_cleanups(stack.pop())
     _fit._tsai_cbs_guarded = True
     return _fit
 
