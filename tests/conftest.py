@@ -11,6 +11,13 @@ def _close_figures():
     yield
     plt.close('all')
 
+@pytest.fixture(autouse=True)
+def _forget_once_messages():
+    "Once-only warnings/messages (`tsai_cbs.core.warn0`/`say0` with `once=`) are once per test, not once per pytest process"
+    from tsai_cbs.core import reset_once
+    reset_once()
+    yield
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     "Run the test inside a fresh temporary folder (Learner paths, checkpoints and images land there)"

@@ -97,6 +97,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'tsai_cbs.core.on_fit_end': ('core.html#on_fit_end', 'tsai_cbs/core.py'),
                                'tsai_cbs.core.recorder_names': ('core.html#recorder_names', 'tsai_cbs/core.py'),
                                'tsai_cbs.core.recorder_row': ('core.html#recorder_row', 'tsai_cbs/core.py'),
+                               'tsai_cbs.core.reset_once': ('core.html#reset_once', 'tsai_cbs/core.py'),
                                'tsai_cbs.core.say0': ('core.html#say0', 'tsai_cbs/core.py'),
                                'tsai_cbs.core.warn0': ('core.html#warn0', 'tsai_cbs/core.py')},
             'tsai_cbs.demo': { 'tsai_cbs.demo.Denorm': ('demo.html#denorm', 'tsai_cbs/demo.py'),

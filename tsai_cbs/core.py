@@ -18,7 +18,7 @@ from .checks import check_type, check_number, check_choice, check_pct, as_number
 
 # %% auto #0
 __all__ = ['StateKeeper', 'on_fit_end', 'is_rank0', 'distrib_initialized', 'distrib_barrier', 'inner_dl', 'broadcast_object',
-           'in_lr_find', 'is_training_fit', 'warn0', 'say0', 'as_float', 'recorder_names', 'recorder_row']
+           'in_lr_find', 'is_training_fit', 'warn0', 'reset_once', 'say0', 'as_float', 'recorder_names', 'recorder_row']
 
 # %% ../nbs/00_core.ipynb #81cb3308
 class StateKeeper:
@@ -151,6 +151,10 @@ def warn0(msg:str, # the warning text
     if not (is_rank0() and _first_time(once)): return False
     warnings.warn(msg, category, stacklevel=stacklevel + 1)
     return True
+
+def reset_once():
+    "Forget which once-only messages were given (a test suite calls it before each test: 'once per process' must not depend on test order)"
+    _once_keys.clear()
 
 def say0(msg:str, # the message
          once=None): # a hashable key: say it only the first time this key is met in the process
