@@ -359,6 +359,25 @@ def test_cuda_labels_stay_on_device():
     assert b.to('cpu')(y).device == y.device
 
 
+@cuda
+def test_cuda_every_dtype_and_non_finite_lookups():
+    "On the GPU: each dtype's binning gives the CPU's bins; lookups (binary search and rule) agree and give NaN for NaN/inf"
+    rng = np.random.default_rng(17)
+    for dtype in ('float32', 'float64', 'int64', 'int32'):
+        base = rng.lognormal(3, 0.4, 200_000)
+        y = np.clip(base, 0, 250).round().astype(dtype) if dtype.startswith('int') else base.astype(dtype)
+        yc = torch.from_numpy(y).cuda()
+        b, bc = lds_bins(y), lds_bins(yc)
+        assert torch.equal(bc.counts.cpu(), b.counts) and torch.equal(bc.bin_index(yc).cpu(), b.bin_index(y))
+        w = prepare_LDS_weights(yc, show_plot=False)
+        assert w.device == yc.device and torch.equal(w, bc(yc)) and torch.equal(w, bc._weigh(yc))
+        torch.testing.assert_close(w.cpu(), prepare_LDS_weights(y, show_plot=False), rtol=1e-6, atol=0)
+    probe = torch.tensor([1., math.nan, math.inf, -math.inf, 20.], device='cuda')
+    w = bc(probe)
+    assert torch.isnan(w[1:4]).all() and torch.isfinite(w[[0, 4]]).all()
+    assert torch.equal(w[[0, 4]], bc._weigh(probe)[[0, 4]]) and torch.isnan(bc._weigh(probe)[1:4]).all()
+
+
 # --- properties (hypothesis) -----------------------------------------------------------------------------
 
 _labels = st.lists(st.integers(-400, 400), min_size=1, max_size=200).map(lambda v: np.array(v, dtype=np.float32) / 8)

@@ -82,9 +82,9 @@ def _compute_dtype(y): return torch.float64 if y.dtype in (torch.float64, torch.
 
 def _int_view_dtype(dtype): return torch.int64 if dtype == torch.float64 else torch.int32
 
-# CPU: chunks whose float64 scratch (1 MB) and int32 indices stay in a core's L2 cache between the few ops on them;
+# CPU: chunks whose float64 scratch (2 MB) and indices stay in a core's cache between the few ops on them;
 # GPU: large chunks (few kernel launches, and CUDA's bincount syncs twice per call), only to bound the scratch memory
-def _chunk_size(y): return 1 << 17 if y.device.type == 'cpu' else 1 << 25
+def _chunk_size(y): return 1 << 18 if y.device.type == "cpu" else 1 << 25
 
 # the native (non-OpenMP) backend cannot change its thread count once work has started
 _OPENMP = 'parallel backend: OpenMP' in torch.__config__.parallel_info()
@@ -229,29 +229,32 @@ def _tail_view(w, dtype):
     b = w.view(torch.uint8)
     return b[len(b) - len(w) * dtype.itemsize:].view(dtype)
 
-def _count(y, lo, scale, n_bins, dtype, clip, int_offset=None, keep=None):
-    """Labels per bin of the finite labels `y` (int64); with `keep` (an integer tensor, one per label) each label's bin is
-    stored there, except that without `clip` the largest labels may be stored as bin `n_bins` (counted in the last bin)"""
+def _count(y, lo, scale, n_bins, dtype, clip, int_offset=None, keep=None, offset=0):
+    """Labels per bin of the finite labels `y` (int64); with `keep` (an integer tensor, one per label) each label's bin
+    plus `offset` is stored there, except that without `clip` the largest labels may be stored as bin `n_bins` (counted
+    in the last bin). `offset == int_offset` (integer labels from 0 up): the labels themselves are stored"""
     # without `clip` (labels within [lo, hi]) the clamp is skipped: y - lo >= 0 exactly, and (y - lo) * scale can round
     # up to n_bins but no further, so the last bin gets one extra slot in the counts (and in the lookup table)
     dev, chunk = y.device, _chunk_size(y)
-    m = min(chunk, len(y))
+    m, raw = min(chunk, len(y)), int_offset is not None and offset == int_offset
     ibuf = torch.empty(m, dtype=torch.int32, device=dev) if keep is None else None
     # the arithmetic runs in a chunk-sized scratch (cache-resident on the CPU); only the narrow indices go to `keep`
     tdt = dtype if int_offset is None else torch.int64 if y.dtype == torch.int64 else torch.int32
-    tbuf = torch.empty(m, dtype=tdt, device=dev)
-    counts = torch.zeros(n_bins + 1, dtype=torch.int64, device=dev)
+    tbuf = None if raw else torch.empty(m, dtype=tdt, device=dev)
+    counts = torch.zeros(offset + n_bins + 1, dtype=torch.int64, device=dev)
     for a in range(0, len(y), chunk):
         yc = y[a:a + chunk]; n = len(yc)
-        ic, t = (ibuf[:n] if keep is None else keep[a:a + n]), tbuf[:n]
-        if int_offset is None: _bin_rule(yc, lo, scale, n_bins, dtype, t, ic, clip=clip)
+        ic = ibuf[:n] if keep is None else keep[a:a + n]
+        if raw: ic.copy_(yc)  # bin + offset == the label: one narrowing copy
+        elif int_offset is None: _bin_rule(yc, lo, scale, n_bins, dtype, tbuf[:n], ic, clip=clip)
         else:
+            t = tbuf[:n]
             if yc.dtype == tdt: torch.sub(yc, int_offset, out=t)
             else: t.copy_(yc).sub_(int_offset)  # widen first: uint8/int16 arithmetic would wrap around
             ic.copy_(t)
-        counts += torch.bincount(ic, minlength=n_bins + 1)
-    out = counts[:n_bins].clone()
-    out[-1] += counts[n_bins]
+        counts += torch.bincount(ic, minlength=offset + n_bins + 1)
+    out = counts[offset:offset + n_bins].clone()
+    out[-1] += counts[offset + n_bins]
     return out
 
 def _lookup_into(w, idx, tab):
@@ -433,16 +436,18 @@ class LDSBins:
 
 # %% ../nbs/02_lds.ipynb #9a9639c8
 def _lds_bins(y, n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip, into=None):
-    "The `LDSBins` of the 1-d labels `y`; with `into` (float32, one per label) also their bins, stored in its memory (see `_count`)"
+    "The `LDSBins` of the 1-d labels `y`; with `into` (float32, one per label) also their bins + an offset, stored in its memory (see `_count`)"
     label_range, clip = _check_lds_args(n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip)
     dtype = _compute_dtype(y)
     lo, hi, n_bins, scale, int_offset = _layout(y, n_bins, label_range, dtype)
-    keep = None if into is None else _tail_view(into, _index_dtype(n_bins))
-    counts = _count(y, lo, scale, n_bins, dtype, label_range is not None, int_offset, keep)
+    # integer labels from 0 up (ages, counts) are stored as they are, bin + min(y): no subtraction pass
+    offset = int_offset if int_offset is not None and 0 <= int_offset and int_offset + n_bins < 32768 else 0
+    keep = None if into is None else _tail_view(into, _index_dtype(offset + n_bins))
+    counts = _count(y, lo, scale, n_bins, dtype, label_range is not None, int_offset, keep, offset)
     smoothed = _density(counts, reweight, _window(lds_kernel, int(lds_ks), float(lds_sigma)), clip)
     bins = LDSBins(lo, hi, n_bins, scale, counts, smoothed, _bin_weights(counts, smoothed, reweight, max_rel_weight), dtype,
                    reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, clip)
-    return bins if into is None else (bins, keep)
+    return bins if into is None else (bins, keep, offset)
 
 def lds_bins(labels, # tensor (any device), numpy array, pandas Series or list; shape (n,) or (n, 1)
              n_bins:int=None, # number of bins (None: one per integer for integer labels, else the Rice rule)
@@ -477,7 +482,9 @@ def prepare_LDS_weights(labels, # tensor (any device), numpy array, pandas Serie
         # the result's memory holds the bin indices in between (as 1, 2 or 4 byte integers): one binning pass, no second
         # big buffer, and less memory traffic than 4 bytes per label
         w = _empty_f32(len(y), y.device)
-        bins, idx = _lds_bins(y, n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip, into=w)
-        _lookup_into(w, idx, torch.cat([bins.weights, bins.weights[-1:]]))  # the extra slot: see `_count`
+        bins, idx, offset = _lds_bins(y, n_bins, label_range, reweight, lds_kernel, lds_ks, lds_sigma, max_rel_weight, inverse_clip, into=w)
+        tab = bins.weights
+        tab = torch.cat([tab.new_zeros(offset), tab, tab[-1:]])  # the stored index is bin + offset; the extra slot: see `_count`
+        _lookup_into(w, idx, tab)
     if show_plot: bins.plot(ax=ax)
     return w
