@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from fastcore.basics import noop, noops
 from fastai.callback.core import Callback
 from fasttransform import Pipeline
-from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl, is_training_fit, warn0
+from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl, is_training_fit, warn0, say0
 from .show_graph import live_display, show_figure, figure_path, check_figure_path
 
 # %% auto #0
@@ -67,7 +67,7 @@ class TransformScheduler(Callback):
         check_type('fname', fname, (str, Path), 'a str or Path', allow_none=True)
         if fname is not None and not str(fname).strip(): raise ValueError("`fname` must be a file name, got an empty string")
         self.schedule_func,self.show_plot,self.attr,self.item_tfms,self.fname = schedule_func,show_plot,attr,item_tfms,fname
-        self.scheduled,self.applied,self._warned,self._told = [],[],set(),False
+        self.scheduled,self.applied = [],[]
 
     def _mult(self, pct):
         m = _as_float(out := self.schedule_func(pct))
@@ -95,10 +95,7 @@ class TransformScheduler(Callback):
         if skipped: self._warn('skipped', f"TransformScheduler: no numeric `{self.attr}`, not scheduled: {', '.join(skipped)}")
         return found
 
-    def _warn(self, key, msg):
-        if key in self._warned: return  # once per callback (and on rank 0 only)
-        self._warned.add(key)
-        warn0(msg)
+    def _warn(self, key, msg): warn0(msg, once=('TransformScheduler', key, msg))  # rank 0, once per process for this message
 
     def before_fit(self):
         self.active = is_training_fit(self.learn)
@@ -157,9 +154,8 @@ class TransformScheduler(Callback):
         fig, live = self.plot_schedule(), live_display()
         try: path = show_figure(fig, live=live, path=self.plot_path if not live or self.fname is not None else None)
         finally: plt.close(fig)
-        if path is not None and not live and not self._told:
-            self._told = True
-            print(f"TransformScheduler: the applied schedule is written to {path} after every fit")
+        if path is not None and not live:
+            say0(f"TransformScheduler: the applied schedule is written to {path} after every fit", once=('TransformScheduler', str(path)))
 
     def plot_schedule(self, figsize=(6, 3)):
         "A figure of the multipliers applied in the last `fit`, one per training batch"
