@@ -130,3 +130,38 @@ def test_unknown_record_not_rebased(in_tmp):
     assert recs.record_epoch(es) is None
     before = es.best
     assert recs.rebase({'valid_loss': lambda k: 123.}) == [] and es.best == before
+
+
+def test_find_trackers_refuses_bad_input_naming_the_parameter(in_tmp):
+    with pytest.raises(TypeError, match=r'`learn` must be a fastai Learner, got str'): find_trackers('x')
+    with pytest.raises(TypeError, match=r'`learn` must be a fastai Learner, got NoneType'): find_trackers(None)
+    valid, other = EarlyStoppingCallback(), EarlyStoppingCallback(monitor='loss')
+    learn = synth_learner(cbs=[valid, other], path=in_tmp, n_train=32, n_valid=32)
+    for bad in (3, [1, 'valid_loss'], object()):
+        with pytest.raises(TypeError, match=r'`monitors` must be None, a monitored name or a list of names'): find_trackers(learn, bad)
+    # one name is one name: 'loss' is a substring of 'valid_loss', not the same monitor
+    assert find_trackers(learn, 'valid_loss') == [valid]
+    assert find_trackers(learn, ['loss']) == [other] and find_trackers(learn) == [valid, other]
+
+
+def test_metric_direction_and_tracker_direction_warning(in_tmp):
+    import warnings
+    from fastai.metrics import mae
+    from tsai_cbs.metrics import DIRMetric, shot_regions
+    from tsai_cbs.trackers import metric_direction, check_tracker_directions
+    def my_err(p, y): return (p - y).abs().mean()
+    my_err.lower_is_better = True
+    def my_score(p, y): return -(p - y).abs().mean()
+    my_score.greater_is_better = True
+    learn = synth_learner(path=in_tmp, n_train=64, n_valid=32)
+    learn.metrics = [DIRMetric('few_mae', regions=shot_regions(learn.dls.train.dataset.tensors[1])), my_err, my_score, mae]
+    assert [metric_direction(learn, n) for n in ('few_mae', 'valid_few_mae', 'my_err', 'my_score', 'mae', 'valid_loss', 'nope')] == \
+           [True, True, True, False, None, None, None]
+    learn.add_cbs([EarlyStoppingCallback(monitor='few_mae'), ReduceLROnPlateau(monitor='few_mae', comp=np.less),
+                   EarlyStoppingCallback(monitor='my_score')])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        check_tracker_directions(learn)
+        check_tracker_directions(learn)  # once per tracker class and name
+    msgs = [str(x.message) for x in w if 'declares' in str(x.message)]
+    assert len(msgs) == 1 and 'EarlyStoppingCallback monitors `few_mae` as higher is better' in msgs[0] and 'comp=np.less' in msgs[0], msgs

@@ -4,19 +4,55 @@
 
 # %% ../nbs/08_tracker_rebase.ipynb #72c193d3
 from __future__ import annotations
-import math
+import math, re
 from fastai.callback.core import Callback
 from fastai.callback.tracker import TrackerCallback
+from fastai.learner import Learner
+from .core import warn0
 
 # %% auto #0
-__all__ = ['find_trackers', 'TrackerRecords']
+__all__ = ['find_trackers', 'metric_direction', 'check_tracker_directions', 'TrackerRecords']
 
 # %% ../nbs/08_tracker_rebase.ipynb #3b75dfb2
+def _monitor_names(monitors):
+    if monitors is None: return None
+    if isinstance(monitors, str): return (monitors,)
+    names = tuple(monitors) if hasattr(monitors, '__iter__') else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"`monitors` must be None, a monitored name or a list of names, got {monitors!r}")
+    return names
+
 def find_trackers(learn, # the `Learner`
-                  monitors=None): # only trackers monitoring one of these names (default: all)
+                  monitors=None): # only trackers monitoring one of these names (a name or a list of names; default: all)
     "The `TrackerCallback`s on `learn`, in callback order"
+    if not isinstance(learn, Learner): raise TypeError(f"`learn` must be a fastai Learner, got {type(learn).__name__}")
+    names = _monitor_names(monitors)  # a single name is one name, not the letters `in` would test
     return [cb for cb in learn.cbs.sorted('order') if isinstance(cb, TrackerCallback)
-            and (monitors is None or getattr(cb, 'monitor', None) in monitors)]
+            and (names is None or getattr(cb, 'monitor', None) in names)]
+
+# %% ../nbs/08_tracker_rebase.ipynb #a1d3c0e4
+def metric_direction(learn, # the `Learner`
+                     monitor:str): # a recorded name, e.g. 'few_mae' or 'valid_few_mae'
+    "True if a lower `monitor` is better, False if a higher one, as its metric on `learn` declares; None if none declares it"
+    base = re.sub(r'^(train|valid)_', '', monitor)
+    for m in (getattr(learn, 'metrics', None) or []):
+        if getattr(m, 'name', None) not in (monitor, base): continue
+        for o in (m, getattr(m, 'func', None)):  # fastai wraps a plain function in an `AvgMetric` with `func`
+            lower, greater = getattr(o, 'lower_is_better', None), getattr(o, 'greater_is_better', None)
+            if lower is not None: return bool(lower)
+            if greater is not None: return not bool(greater)
+    return None
+
+def check_tracker_directions(learn, # the `Learner`
+                             skip=()): # trackers not to check (e.g. one that decided its direction from the metric)
+    "Warn (once per tracker class and name, rank 0) for every tracker whose `comp` goes against what its monitored metric declares"
+    for t in find_trackers(learn):
+        if any(t is s for s in skip) or not callable(getattr(t, 'comp', None)): continue
+        lower = metric_direction(learn, t.monitor)
+        if lower is None or bool(t.comp(0., 1.)) == lower: continue
+        warn0(f"{type(t).__name__} monitors `{t.monitor}` as {'higher' if lower else 'lower'} is better, but its metric declares "
+              f"{'lower' if lower else 'higher'} is better; give it comp={'np.less' if lower else 'np.greater'}",
+              once=('tracker_direction', type(t).__name__, t.monitor))
 
 # %% ../nbs/08_tracker_rebase.ipynb #df5820ad
 def _same(a, b): return a is b or a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
