@@ -28,7 +28,9 @@ def _fmt(v, fmt):
 
 class EpochLog(Callback):
     "One line per epoch (and optionally every n batches) to stderr or a `logging` logger, on rank 0"
-    order = 70  # after the trackers (60-63), so the patience counters include this epoch
+    # after the trackers (60-63): the patience counters include this epoch; after SaveModel's `last` checkpoint (10_000):
+    # an epoch is logged once it is saved, so a resumed run (which runs again an epoch whose checkpoint was not written) logs it once
+    order = 10_001
     def __init__(self, to=None, # None: stderr; a `logging.Logger` or a logger name: lines at INFO (batch lines at DEBUG)
                  every_n_batches:int=0, # also a line every n training batches (0: never); reads the loss, a device sync, on those batches
                  fmt:str='{:.6g}'): # format of the numbers
