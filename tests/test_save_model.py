@@ -75,6 +75,44 @@ def test_resume_equals_straight_run(in_tmp, background):
             if isinstance(s1[k], torch.Tensor): torch.testing.assert_close(s2[k], s1[k], rtol=1e-6, atol=1e-7)
 
 
+def test_resume_with_the_progress_bar_on(in_tmp):
+    # the skipped epochs never reached fastprogress, whose bar starts its clock at epoch 0: `before_epoch` of the first
+    # trained epoch raised AttributeError('...no attribute start_t') in every resume with the bar on (a notebook's default)
+    a = synth_learner(path='a')
+    quiet_fit(a, 4)
+    b = synth_learner(path='b', cbs=SaveModel(resume=True))
+    with pytest.raises(RuntimeError, match='simulated crash'), b.no_logging(): b.fit(4, cbs=Crash(1))
+    c = synth_learner(path='b', cbs=SaveModel(resume=True))
+    with c.no_logging(): c.fit(4)
+    np.testing.assert_allclose(np.array(c.recorder.values, dtype=float), np.array(a.recorder.values, dtype=float), rtol=1e-6)
+
+
+def _log_lines(err):
+    "EpochLog's lines as (epoch, the values without time and ETA)"
+    return [(int(l.split()[1].split('/')[0]), [p for p in l.split(' | ') if not p.startswith(('time', 'eta'))])
+            for l in err.splitlines() if l.startswith('epoch ')]
+
+
+@pytest.mark.parametrize('crash_order', [99, 20_000])
+def test_epoch_log_writes_each_epoch_once_across_a_crash_and_its_resume(in_tmp, capsys, crash_order):
+    # 99: the crash comes after the epoch's line used to be written (EpochLog: 70) but before its `last` checkpoint (10_000), so
+    # the resumed run trains that epoch again: the log had it twice. 20_000: the checkpoint holds it, the resume skips it
+    from tsai_cbs.epoch_log import EpochLog
+    def run(path, n, cbs=()):
+        learn = synth_learner(path=path, cbs=[SaveModel(resume=True), EpochLog()])
+        with learn.no_bar(): learn.fit(n, cbs=list(cbs))
+    run('a', 4)
+    straight = _log_lines(capsys.readouterr().err)
+    crash = Crash(1); crash.order = crash_order
+    with pytest.raises(RuntimeError, match='simulated crash'): run('b', 4, [crash])
+    first = _log_lines(capsys.readouterr().err)
+    run('b', 4)
+    resumed = _log_lines(capsys.readouterr().err)
+    assert [e for e, _ in first] == ([1] if crash_order == 99 else [1, 2]), first
+    assert [e for e, _ in first + resumed] == [1, 2, 3, 4]
+    assert first + resumed == straight  # the same values as the run that never crashed
+
+
 def test_resume_after_mid_epoch_crash_and_explicit_file(in_tmp):
     b = synth_learner(path='b', cbs=SaveModel(resume=True, background=True))
     with pytest.raises(RuntimeError, match='simulated crash'): quiet_fit(b, 4, cbs=Crash(2, mid=True))
@@ -530,14 +568,51 @@ def test_mode_auto_knows_error_metrics_and_warns_when_it_cannot_tell(in_tmp):
         for m in ('mae', 'rmse', 'valid_mse', 'valid_loss', 'error_rate'): assert SaveModel(monitor=m).comp is np.less, m
         for m in ('accuracy', 'f1_score', 'r2_score', 'roc_auc_score'): assert SaveModel(monitor=m).comp is np.greater, m
         assert SaveModel(monitor='weird_metric', mode='min').comp is np.less  # given: no warning
-    with pytest.warns(UserWarning, match="mode='auto' cannot tell whether a higher or a lower `weird_metric2` is better; assuming higher"):
-        assert SaveModel(monitor='weird_metric2').comp is np.greater
+    # a name that tells nothing: fastai's choice (higher), with a warning at `fit`, once the Learner's metrics are known to say nothing
+    learn = synth_learner(metrics=Scripted([2., 3., 1.], name='weird_metric2'), cbs=SaveModel(monitor='weird_metric2'))
+    with pytest.warns(UserWarning, match="mode='auto' cannot tell whether a higher or a lower `weird_metric2` is better .neither its name nor its metric says.; assuming higher"):
+        quiet_fit(learn, 3)
+    assert learn.save_model.comp is np.greater and (learn.save_model.best, learn.save_model.best_epoch) == (3., 1)
     # mae really is minimised during fit
     from fastai.metrics import mae
     learn = synth_learner(metrics=mae, cbs=SaveModel(monitor='mae'))
     quiet_fit(learn, 4)
     maes = [v[2] for v in learn.recorder.values]
     assert learn.save_model.best == min(maes) and learn.save_model.best_epoch == int(np.argmin(maes))
+
+
+class Declared(Scripted):
+    "A scripted metric that says a lower value is better, as every DIR metric of tsai_cbs.metrics does"
+    lower_is_better = True
+
+
+def test_mode_auto_follows_the_direction_a_metric_declares(in_tmp):
+    from tsai_cbs.metrics import DIRMetric, shot_regions
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)  # the metric says which way is better: no warning
+        learn = synth_learner(metrics=Declared([2., 1., 3.], name='odd'), cbs=SaveModel(monitor='odd'))
+        quiet_fit(learn, 3)
+        assert learn.save_model.comp is np.less and (learn.save_model.best, learn.save_model.best_epoch) == (1., 1)
+        assert learn.save_model.min_delta == 0 and learn.save_model._lower
+        # the DIR metrics of the package, on real training: `few_mae` and `mae` are minimised
+        learn = synth_learner(path='dir', n_train=128, n_valid=64)
+        regions = shot_regions(learn.dls.train.dataset.tensors[1])
+        learn.metrics = [DIRMetric('mae', regions=regions)]
+        learn.add_cb(SaveModel(monitor='mae', min_delta=1e-9))
+        quiet_fit(learn, 4)
+        vals = [v[2] for v in learn.recorder.values]
+        assert learn.save_model.best == min(vals) and learn.save_model.best_epoch == int(np.argmin(vals))
+        assert learn.save_model.min_delta == -1e-9  # fastai's convention for a lower-is-better tracker
+        sm = SaveModel(monitor='few_mae')
+        learn = synth_learner(path='few', metrics=DIRMetric('few_mae', regions=regions), cbs=sm)
+        quiet_fit(learn, 2)
+        assert sm.comp is np.less and sm.best == np.nanmin([v[2] for v in learn.recorder.values])
+    # fastai's own trackers decide from the name: a tracker maximising a metric that declares the opposite gets a warning
+    from fastai.callback.tracker import EarlyStoppingCallback
+    learn = synth_learner(path='es', metrics=Declared([2., 1., 3.], name='odd2'),
+                          cbs=[SaveModel(monitor='odd2'), EarlyStoppingCallback(monitor='odd2', patience=5)])
+    with pytest.warns(UserWarning, match=r'EarlyStoppingCallback monitors `odd2` as higher is better, but its metric declares lower is better; give it comp=np.less'):
+        quiet_fit(learn, 3)
 
 
 def test_at_end_best_path_never_names_a_file_holding_other_weights(in_tmp):

@@ -25,6 +25,7 @@ from fastai.data.core import DataLoaders
 from .core import (check_type, check_number, check_choice, on_fit_end, is_rank0, distrib_barrier, broadcast_object, distrib_initialized,
                    is_training_fit, warn0, as_float, recorder_names)
 from .loss_weights import _WeightedLoss
+from .trackers import metric_direction, check_tracker_directions
 
 # %% auto #0
 __all__ = ['STATE_ADAPTERS', 'STATE_VERSION', 'atomic_write', 'atomic_save', 'clean_tmp_files', 'load_checkpoint',
@@ -443,7 +444,7 @@ class SaveModel(TrackerCallback):
         with_opt:bool=False, # include the optimizer state
         reset_on_fit:bool=True, # forget `best` (and the top-k list) at the start of every `fit`
         verbose:bool=False, # print a line for every improvement
-        mode:str='auto', # 'min', 'max', or 'auto': `comp` if given, else from the name of `monitor` (warns when it cannot tell)
+        mode:str='auto', # 'min', 'max', or 'auto': `comp` if given, else what the metric declares or its name tells (warns when neither)
         save_top_k:int=1, # keep the k best checkpoints (-1: all of them); k != 1 needs a template `fname`
         save_last:bool|str=False, # also write a resumable checkpoint after every epoch: True for `'{stem}_last'`, or its name
         every_n_batches:int|None=None, # also save weights every n training batches, as `'{stem}_iter'`
@@ -454,6 +455,7 @@ class SaveModel(TrackerCallback):
         background:bool=False, # copy the state, then write it in a worker thread (files stay atomic)
         delete_last:bool|None=None, # remove the `last` checkpoint when `fit` ends normally; None: True with `resume` (Keras), else False
     ):
+        auto = mode == 'auto' and comp is None  # the Learner's metric may decide at `fit`
         comp = self._init_monitor_mode(monitor, comp, mode)
         fields = self._init_ckpt_names(fname, save_last, save_as, resume)
         self._init_triggers(every_epoch, at_end, save_top_k, every_n_batches, initial_value_threshold, start_from_epoch, min_delta)
@@ -461,8 +463,8 @@ class SaveModel(TrackerCallback):
         check_type('delete_last', delete_last, bool, allow_none=True)
         self._validate_init_configuration(fname, fields, every_epoch, at_end, with_opt, save_top_k, save_last, save_as)
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
-        self._lower = bool(self.comp(0., 1.))  # direction, also for a custom `comp`
-        self.min_delta = -min_delta if self._lower else min_delta  # same convention as fastai's TrackerCallback
+        self._auto, self._min_delta0 = auto, min_delta
+        self._set_direction(self.comp)
         store_attr('fname,every_epoch,at_end,with_opt,verbose,mode,save_top_k,save_last,every_n_batches,initial_value_threshold,'
                    'start_from_epoch,save_as,resume,background')
         self.delete_last = resume is not False if delete_last is None else delete_last
@@ -473,7 +475,7 @@ class SaveModel(TrackerCallback):
 # %% ../nbs/05_save_model.ipynb #f96b7baa
 @patch
 def _init_monitor_mode(self:SaveModel, monitor, comp, mode):
-    "Check `monitor`, `comp` and `mode`; the comparison to use"
+    "Check `monitor`, `comp` and `mode`; the comparison to use (with mode='auto', until `fit` finds the metric's own)"
     check_type('monitor', monitor, str)
     check_choice('mode', mode, _MODES)
     if comp is not None and not callable(comp): raise TypeError(f"`comp` must be a comparison function such as np.less, got {comp!r}")
@@ -483,11 +485,22 @@ def _init_monitor_mode(self:SaveModel, monitor, comp, mode):
             raise ValueError(f"`comp`={comp!r} contradicts `mode`={mode!r}; give one of them")
         return mcomp
     if comp is not None: return comp
-    lower = _auto_lower(monitor)
+    return np.less if _auto_lower(monitor) else np.greater  # fastai's choice (higher) where the name does not tell
+
+@patch
+def _set_direction(self:SaveModel, comp):
+    self.comp, self._lower = comp, bool(comp(0., 1.))  # direction, also for a custom `comp`
+    self.min_delta = -self._min_delta0 if self._lower else self._min_delta0  # same convention as fastai's TrackerCallback
+
+@patch
+def _decide_direction(self:SaveModel):
+    "mode='auto' at the start of `fit`: what the monitored metric declares, else the name; warn (Keras) when neither tells"
+    lower = metric_direction(self.learn, self.monitor)
+    if lower is None: lower = _auto_lower(self.monitor)
     if lower is None:
-        warn0(f"SaveModel: mode='auto' cannot tell whether a higher or a lower `{monitor}` is better; assuming higher "
-              f"(fastai's rule). Give mode='min' or mode='max'", once=('SaveModel.mode', monitor))
-    return np.less if lower else np.greater
+        warn0(f"SaveModel: mode='auto' cannot tell whether a higher or a lower `{self.monitor}` is better (neither its name nor "
+              f"its metric says); assuming higher (fastai's rule). Give mode='min' or mode='max'", once=('SaveModel.mode', self.monitor))
+    self._set_direction(np.less if lower else np.greater)
 
 # %% ../nbs/05_save_model.ipynb #905989bc
 @patch
@@ -585,6 +598,8 @@ def before_fit(self:SaveModel):
     self.idx = names.index(self.monitor)
     self.writer.check_folder()
     resumed = self._read_resume() if self.resume is not False else None  # may raise: before any change
+    if self._auto: self._decide_direction()
+    check_tracker_directions(learn, skip=(self,))
     if self.reset_on_fit or self.best is None:
         self._set_best(self._initial())
         self.best_epoch, self.best_name, self.checkpoints = None, None, []
@@ -778,6 +793,8 @@ def _start_resume(self:SaveModel, f, ck, meta, matched):
     run_events = learn._with_events
     def _with_events(fn, event_type, ex, final=noop):
         if event_type != 'epoch' or learn.epoch >= self._skip_to: return run_events(fn, event_type, ex, final)
+        mbar = getattr(getattr(learn, 'progress', None), 'mbar', None)
+        if mbar is not None: mbar.update(learn.epoch)  # the bar counts the skipped epochs too (it starts its clock at epoch 0)
         if learn.epoch == min(self._skip_to, learn.n_epoch) - 1: self._restore()
     learn._with_events = _with_events  # instance attribute: this Learner, this fit only
     self._undo.append(lambda: learn.__dict__.pop('_with_events', None))
