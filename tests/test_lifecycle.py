@@ -27,7 +27,7 @@ from tsai_cbs.save_model import SaveModel
 from tsai_cbs.loss_weights import WeightedPerSampleLoss, LDSWeightedLoss
 from tsai_cbs.batch_subsampler import BatchSubsampler
 from tsai_cbs.multi_loss import MultiLoss, MultiLossCallback, profile_nll, counts_mse
-from tsai_cbs.adaptive_loss import AdaptiveCountsWeight
+from tsai_cbs.adaptive_loss import AdaptiveCountsWeight, adaptive_callbacks
 from tsai_cbs.epoch_log import EpochLog
 from tsai_cbs.show_graph import ShowGraph
 from tsai_cbs.transform_scheduler import TransformScheduler
@@ -91,6 +91,12 @@ def _obs_adapt(cb, learn): return ([{k: v for k, v in r.items() if k != 'fit'} f
 def _obs_sched(cb, learn): return [round(v, 6) for _, v in cb.applied]
 def _obs_stop(cb, learn): return (cb.stopped, cb.n_batches, cb.n_epochs)
 def _obs_none(cb, learn): return None
+def _obs_bundle(cbs, learn):
+    "adaptive_callbacks: λ per epoch, the checkpoint, and what the LR-plateau and early-stopping trackers saw"
+    acw, sm, lrp, es = cbs[:4]
+    return (_obs_adapt(acw, learn), sm.best_epoch, (lrp.best, lrp.wait), (es.best, es.wait), cbs[4].lines)
+
+def _cbs(cb): return list(cb) if isinstance(cb, (list, tuple)) else [cb]
 def _obs_records(cb, learn): return [(type(t).__name__, k[1] if k else None) for t, _, k in cb._entries]  # tracker, epoch of its best
 
 CALLBACKS = {
@@ -105,6 +111,8 @@ CALLBACKS = {
     'TransformScheduler': (lambda: TransformScheduler(lambda p: 1 - p / 2),
                            lambda cbs, path: _plain(cbs, path, after_batch=Magnitude(.1)), _obs_sched),
     'StopAfter': (lambda: StopAfter(max_batches=4), _plain, _obs_stop, lambda: [CancelAfterBatches(4)]),
+    # a bundle: AdaptiveCountsWeight, SaveModel, fastai's ReduceLROnPlateau and EarlyStoppingCallback, EpochLog
+    'adaptive_callbacks': (lambda: adaptive_callbacks({'seq': .2}, early_stop=3, plateau=1, output_prefix='bp', init=None), _multi, _obs_bundle),
     'TrackerRecords': (lambda: TrackerRecords(), lambda cbs, path: _plain(list(cbs or []) + [EarlyStoppingCallback(patience=5)], path),
                        _obs_records),
 }
@@ -134,7 +142,7 @@ def _fit(learn, cbs=None, n=EPOCHS, **kw):
 
 def _exit_path(learn, path, cb, attach):
     "Run the fit that ends by `path`; `cb` is None for the control Learner"
-    extra = [] if cb is None or attach == 'learner' else [cb]
+    extra = [] if cb is None or attach == 'learner' else _cbs(cb)
     if path == 'lr_find':
         # fastai's lr_find takes no `cbs`: a callback given to `fit` is there the same way (added, removed in a `finally`)
         with learn.added_cbs(extra + [Killer('interrupt', in_lr_find=True)]):
@@ -213,9 +221,9 @@ def fresh_results(tmp_path_factory):
             make_cb, make_learn, obs = CALLBACKS[name][:3]
             path = tmp_path_factory.mktemp(f'fresh_{name}_{attach}')
             cb = make_cb()
-            learn = make_learn([cb] if attach == 'learner' else None, path)
+            learn = make_learn(_cbs(cb) if attach == 'learner' else None, path)
             _reset_for_next_fit(learn, {k: v.clone() for k, v in learn.model.state_dict().items()})
-            _fit(learn, None if attach == 'learner' else [cb])
+            _fit(learn, None if attach == 'learner' else _cbs(cb))
             cache[name, attach] = (np.array(learn.recorder.values, dtype=float), _params(learn), obs(cb, learn))
         return cache[name, attach]
     return get
@@ -234,7 +242,7 @@ def test_exit_path_matrix(name, attach, path, tmp_path, fresh_results):
     ctl_rel, ctl_val = _relative(c0, _state(ctl)), _values(ctl)
 
     cb = make_cb()
-    learn = make_learn([cb] if attach == 'learner' else None, tmp_path/'learn')
+    learn = make_learn(_cbs(cb) if attach == 'learner' else None, tmp_path/'learn')
     init = {k: v.clone() for k, v in learn.model.state_dict().items()}
     s0 = _state(learn)
     with warnings.catch_warnings(record=True) as ws:
@@ -250,19 +258,20 @@ def test_exit_path_matrix(name, attach, path, tmp_path, fresh_results):
 
     # the following fit, from the same start as a fresh identical Learner
     _reset_for_next_fit(learn, init)
-    if hasattr(cb, 'lines'): cb.lines = 0
     if isinstance(learn.loss_func, MultiLoss): learn.loss_func.set_weight('seq', 'counts', 2.)  # λ carried over by design
-    if isinstance(cb, AdaptiveCountsWeight): cb.n_updates = 0  # so is its update count (the damping step)
-    if type(cb).__name__ == 'FDS': cb.reset()  # FDS keeps its feature statistics across fits by design (`reset` is documented)
+    for c in _cbs(cb):
+        if hasattr(c, 'lines'): c.lines = 0
+        if isinstance(c, AdaptiveCountsWeight): c.n_updates = 0  # so is its update count (the damping step)
+        if type(c).__name__ == 'FDS': c.reset()  # FDS keeps its feature statistics across fits by design (`reset` is documented)
     with warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter('always')
-        _fit(learn, None if attach == 'learner' else [cb])
+        _fit(learn, None if attach == 'learner' else _cbs(cb))
     assert _cleanup_warnings(ws) == []
     vals, params, o = fresh_results(name, attach)
     np.testing.assert_allclose(np.array(learn.recorder.values, dtype=float), vals, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(_params(learn), params, rtol=1e-5, atol=1e-6)
     assert obs(cb, learn) == o
-    if attach == 'fit': assert cb not in learn.cbs
+    if attach == 'fit': assert not any(c in learn.cbs for c in _cbs(cb))
 
 
 # ---- the defects of issue 10 this file pins down, one test each ----
