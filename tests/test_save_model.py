@@ -607,6 +607,11 @@ def test_mode_auto_follows_the_direction_a_metric_declares(in_tmp):
         learn = synth_learner(path='few', metrics=DIRMetric('few_mae', regions=regions), cbs=sm)
         quiet_fit(learn, 2)
         assert sm.comp is np.less and sm.best == np.nanmin([v[2] for v in learn.recorder.values])
+        # two of them: each decides its own direction at its `before_fit`; neither takes the other's provisional one for a mistake
+        a, b = SaveModel(monitor='odd', fname='a'), SaveModel(monitor='odd', fname='b', every_epoch=True)
+        learn = synth_learner(path='two', metrics=Declared([2., 1., 3.], name='odd'), cbs=[a, b])
+        quiet_fit(learn, 3)
+        assert a.comp is np.less and b.comp is np.less and (a.best, b.best) == (1., 1.)
     # fastai's own trackers decide from the name: a tracker maximising a metric that declares the opposite gets a warning
     from fastai.callback.tracker import EarlyStoppingCallback
     learn = synth_learner(path='es', metrics=Declared([2., 1., 3.], name='odd2'),

@@ -599,7 +599,7 @@ def before_fit(self:SaveModel):
     self.writer.check_folder()
     resumed = self._read_resume() if self.resume is not False else None  # may raise: before any change
     if self._auto: self._decide_direction()
-    check_tracker_directions(learn, skip=(self,))
+    check_tracker_directions(learn, skip=[c for c in learn.cbs if isinstance(c, SaveModel)])  # each SaveModel decides (or was told) its own
     if self.reset_on_fit or self.best is None:
         self._set_best(self._initial())
         self.best_epoch, self.best_name, self.checkpoints = None, None, []
