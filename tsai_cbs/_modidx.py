@@ -198,6 +198,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'tsai_cbs.fds._bin_index': ('fds.html#_bin_index', 'tsai_cbs/fds.py'),
                               'tsai_cbs.fds._bins_from_state': ('fds.html#_bins_from_state', 'tsai_cbs/fds.py'),
                               'tsai_cbs.fds._bins_state': ('fds.html#_bins_state', 'tsai_cbs/fds.py'),
+                              'tsai_cbs.fds._check_reach': ('fds.html#_check_reach', 'tsai_cbs/fds.py'),
+                              'tsai_cbs.fds._end_shift': ('fds.html#_end_shift', 'tsai_cbs/fds.py'),
                               'tsai_cbs.fds._find_layer': ('fds.html#_find_layer', 'tsai_cbs/fds.py'),
                               'tsai_cbs.fds._plain': ('fds.html#_plain', 'tsai_cbs/fds.py'),
                               'tsai_cbs.fds._smooth_bins': ('fds.html#_smooth_bins', 'tsai_cbs/fds.py'),
