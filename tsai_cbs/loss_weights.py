@@ -40,6 +40,9 @@ def _weighted_reduce(l, w, reduction):
     "Reduce per-element losses `l` weighted by `w` (one weight per sample, or one per target element)"
     l, w = _plain(l), _plain(w)
     n = w.shape[0]
+    if l.ndim == 1 and w.ndim == 1 and l.shape[0] == n > 0:  # one value and one weight per sample (the usual case):
+        lw = l * w                                            # the same product without two reshapes per batch
+        return lw.mean() if reduction == 'mean' else lw.sum()
     if l.ndim == 0 or l.shape[0] == 0 or l.numel() % n:
         raise ValueError(f"`loss_func` gave values of shape {tuple(l.shape)} with reduction='none', which do not split into "
                          f"{n} samples: it cannot be weighted per sample (does it ignore its `reduction`?)")
