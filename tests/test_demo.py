@@ -1,5 +1,5 @@
 "`python -m tsai_cbs.demo`: the real command on real data (--quick), its files, its table, resuming, and a missing sktime."
-import json, os, subprocess, sys
+import json, os, subprocess, sys, warnings
 from pathlib import Path
 import numpy as np
 import pytest, torch
@@ -99,8 +99,12 @@ def test_fds_arms(tmp_path):
             seen.append(bool(fds.stats is not None and fds.stats.calibrating))
     for arm in ('fds', 'lds+fds'):
         seen.clear()
-        r = train_run(arm, 0, data, regions, tmp_path, epochs=3, graph=False, cbs=[Watch()])
+        with warnings.catch_warnings(record=True) as ws:
+            warnings.simplefilter('always')
+            r = train_run(arm, 0, data, regions, tmp_path, epochs=3, graph=False, cbs=[Watch()])
         assert r['trained'] == 3 and np.isfinite(r['scores']['mae']) and seen[-1], (arm, seen)
+        # enough bins for the paper's window: with the regions' 12, FDS warns (and tripled the test MAE)
+        assert not [str(w.message) for w in ws if str(w.message).startswith('FDS:')], arm
 
 def test_without_sktime(tmp_path):
     code = ("import sys; sys.modules['sktime'] = None; sys.modules['sktime.datasets'] = None\n"
