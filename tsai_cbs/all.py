@@ -29,7 +29,8 @@ _modules = (lds, loss_weights, batch_subsampler, save_model, multi_loss, tracker
 _helpers = {'tsai_cbs.lds': ('LDS_KERNELS', 'LDS_REWEIGHTS'), 'tsai_cbs.fds': ('FDS_KERNELS',),
             'tsai_cbs.save_model': ('atomic_write', 'atomic_save', 'get_rng_state', 'set_rng_state', 'STATE_VERSION', 'STATE_ADAPTERS',
                                     'CheckpointWriter', 'callback_states', 'match_callback_states', 'load_callback_states'),
-            'tsai_cbs.show_graph': ('live_display', 'figure_path', 'check_figure_path', 'show_figure')}
+            'tsai_cbs.show_graph': ('live_display', 'figure_path', 'check_figure_path', 'show_figure'),
+            'tsai_cbs.trackers': ('metric_direction', 'check_tracker_directions')}
 
 ShowGraphCallback2 = ShowGraph  # tsai's second name for `ShowGraph` (in its `callback.core.__all__`)
 
