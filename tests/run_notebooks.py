@@ -1,6 +1,8 @@
-"""Run every notebook as a test, as `nbdev-test` does (same notebooks, flags, working folder, cell timeout; each
-worker process runs several notebooks), with a line when each notebook starts and when it ends (how long it took),
-so a person watching knows the suite is alive. Exit status 1 if any notebook fails.
+"""Run every notebook as a test, as `nbdev-test` does (same notebooks, flags, working folder; each worker process
+runs several notebooks), with a line when each notebook starts and when it ends (how long it took), so a person
+watching knows the suite is alive. The same run checks that the notebook's stored text outputs (what the docs pages
+show) equal the fresh ones (`docs/build.py`'s `stale_outputs`: results and displays, numbers and times masked).
+Exit status 1 if any notebook fails or has stale outputs.
 
     python tests/run_notebooks.py [--n-workers 2] [NOTEBOOK ...]
 """
@@ -9,12 +11,19 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from nbdev.config import get_config
 from nbdev.doclinks import nbglob
-from nbdev.test import test_nb, _keep_file
+from nbdev.test import _keep_file
 
 def _run(fn, skip_flags, basepath, cell_timeout):
     print(f'  ..   {fn.name}', flush=True)
-    ok, secs = test_nb(fn, skip_flags=skip_flags, basepath=basepath, cell_timeout=cell_timeout)
-    return ok, secs
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'docs'))
+    import build  # docs/build.py: one definition of "stored outputs are current", shared with `build.py check-outputs`
+    t0 = time.monotonic()
+    try: stale = build.stale_outputs(fn)
+    except Exception as e:
+        print(f'{fn.name}: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
+        return False, time.monotonic() - t0
+    build._report(fn.name, stale, None)
+    return not stale, time.monotonic() - t0
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
