@@ -524,20 +524,7 @@ def test_ddp_statistics_are_reduced_over_ranks(in_tmp):
 
 # -- no host reads per batch (CPU stand-in for a GPU sync check; benchmarks/fds.py checks on CUDA) ----------------------
 
-from torch.overrides import TorchFunctionMode
-
-class HostReads(TorchFunctionMode):
-    "Tensor ops that make the host wait for a GPU: values read back, data-dependent shapes"
-    NAMES = {'item', 'tolist', 'numpy', '__array__', '__bool__', '__int__', '__float__', '__index__', 'cpu', 'nonzero',
-             'unique', 'unique_consecutive', 'masked_select', 'argwhere'}
-    def __init__(self): super().__init__(); self.seen = []
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, '__name__', str(func))
-        if name in self.NAMES: self.seen.append(name)
-        elif name in ('__getitem__', '__setitem__') and any(isinstance(a, torch.Tensor) and a.dtype == torch.bool
-                                                            for a in (args[1] if isinstance(args[1], tuple) else (args[1],))):
-            self.seen.append(f'{name}[bool mask]')
-        return func(*args, **(kwargs or {}))
+from host_reads import HostReads
 
 class Watch(Callback):
     "Watch each training batch from the first before_batch to the last after_loss; `control` reads a value back"
