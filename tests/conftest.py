@@ -18,6 +18,13 @@ def _forget_once_messages():
     reset_once()
     yield
 
+@pytest.fixture(autouse=True)
+def _no_leftover_ipython_shell():
+    "A test that runs notebook code in-process (execnb's CaptureShell) leaves IPython's singleton shell set, and later tests in that worker would see `get_ipython()` as a notebook: each test starts in plain Python"
+    yield
+    from IPython.core.interactiveshell import InteractiveShell
+    if InteractiveShell.initialized(): InteractiveShell.clear_instance()
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     "Run the test inside a fresh temporary folder (Learner paths, checkpoints and images land there)"

@@ -140,7 +140,8 @@ def test_figures_closed(in_tmp):
     assert len(plt.get_fignums()) == n0
 
 def test_notebook_mode_updates_one_display(in_tmp, monkeypatch):
-    import IPython.display
+    import IPython, IPython.display
+    monkeypatch.setattr(IPython, 'get_ipython', lambda: None)  # plain Python, whatever shell an earlier test left
     calls = []
     class Handle:
         def update(self, obj): calls.append(('update', obj))
@@ -202,3 +203,14 @@ def test_draws_after_interrupted_lr_find(in_tmp):
     assert not (in_tmp/'show_graph.png').exists()
     _fit(learn, 2)
     assert (in_tmp/'show_graph.png').exists() and (in_tmp/'show_graph_metrics.png').exists()
+
+def test_notebook_mode_under_nbdevs_runner_shows_the_final_graph_once(in_tmp, monkeypatch):
+    "execnb's CaptureShell stores every display update as a new output: there ShowGraph shows the finished graph once"
+    import IPython, IPython.display
+    class CaptureShell: pass
+    monkeypatch.setattr(IPython, 'get_ipython', lambda: CaptureShell())
+    calls = []
+    monkeypatch.setattr(IPython.display, 'display', lambda obj, display_id=False: calls.append((display_id, obj)))
+    learn = synth_learner(cbs=ShowGraph(mode='notebook', plot_metrics=False))
+    _fit(learn, 3)
+    assert [d for d, _ in calls] == [False] and calls[0][1].axes[0].get_lines()

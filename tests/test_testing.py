@@ -45,7 +45,7 @@ def test_ddp_run_judged_by_finished_ranks(in_tmp):
         out = open(f'rank{r}.txt', 'w'); out.write(f'{t.item()}')  # neither closed nor flushed
         atexit.register(os.abort)  # what gloo's threads can do to a rank at interpreter exit
         print(f'rank {r} done')
-    ''', nproc=2, cwd=in_tmp)
+    ''', nproc=2, cwd=in_tmp, env={'PYTHONUNBUFFERED': ''})  # stdout buffered whatever the caller's environment: the launcher must flush it
     assert (res.returncode, res.torchrun_returncode, res.finished_ranks) == (0, 0, [0, 1]), res.stderr[-3000:]
     assert [(in_tmp/f'rank{r}.txt').read_text() for r in (0, 1)] == ['3.0', '3.0']
     assert sorted(l for l in res.stdout.splitlines() if l.endswith(' done')) == ['rank 0 done', 'rank 1 done']  # stdout flushed
