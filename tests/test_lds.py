@@ -654,3 +654,65 @@ def test_import_is_standalone():
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'fastai', 'fastcore', 'scipy', 'pandas', 'matplotlib', 'sklearn'})))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def _ages(n, seed=0, lo=0):
+    return np.clip(np.round(np.exp(np.random.default_rng(seed).normal(3.5, 0.35, n))), 0, 120).astype(np.int64) + lo
+
+@pytest.mark.parametrize('labels, kw', [
+    (lambda: skewed(300_000), {}),                                        # float32, 2-byte indices
+    (lambda: skewed(300_000, dtype=np.float64), {}),                      # float64
+    (lambda: skewed(300_000, dtype=np.float64), dict(n_bins=40_000)),    # 4-byte indices: the lookup all side by side
+    (lambda: skewed(300_000), dict(n_bins=50, label_range=(1, 5))),       # 1-byte indices, clipped
+    (lambda: _ages(300_000), {}),                                         # integers stored as they are
+    (lambda: _ages(300_000).astype(np.int32), {}),
+    (lambda: _ages(300_000, lo=-1000), {}),                               # integers with an offset
+    (lambda: _ages(300_000).astype(np.float64), {}),                      # integer-valued floats
+])
+def test_passes_on_several_threads_equal_one_thread(monkeypatch, labels, kw):
+    "The passes split over threads (small pieces here, so every phase of the in-place lookup runs) give the same bins, counts and weights bit for bit"
+    import tsai_cbs.lds as lds
+    y = torch.from_numpy(labels())
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        w1, b1 = prepare_LDS_weights(y, show_plot=False, **kw), lds_bins(y, **kw)
+        monkeypatch.setattr(lds, '_PIECE', 1 << 12)
+        seen = set()
+        orig = lds._pass_map
+        def spy(fn, end, start=0):
+            def rec(a, b): seen.add(threading.current_thread().name); return fn(a, b)
+            return orig(rec, end, start)
+        monkeypatch.setattr(lds, '_pass_map', spy)
+        torch.set_num_threads(3)
+        w3, b3 = prepare_LDS_weights(y, show_plot=False, **kw), lds_bins(y, **kw)
+        assert torch.get_num_threads() == 3
+    finally: torch.set_num_threads(n0)
+    assert len({s for s in seen if s.startswith('tsai_cbs_lds')}) > 1  # really on several threads
+    assert torch.equal(w1, w3) and torch.equal(b1.counts, b3.counts) and torch.equal(b1.weights, b3.weights)
+    assert (b1.lo, b1.hi, b1.n_bins, b1.scale) == (b3.lo, b3.hi, b3.n_bins, b3.scale)
+
+
+def test_passes_on_several_threads_after_a_fork():
+    "A child forked after the pass threads started (a DataLoader worker, say) gets threads of its own instead of waiting for its parent's"
+    import multiprocessing as mp
+    if 'fork' not in mp.get_all_start_methods(): pytest.skip('no fork on this platform')
+    import tsai_cbs.lds as lds
+    y = torch.from_numpy(skewed(3 * lds._PIECE))
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        w = prepare_LDS_weights(y, show_plot=False)
+        assert lds._pool is not None
+        ctx = mp.get_context('fork')
+        q = ctx.Queue()
+        p = ctx.Process(target=_weights_in_child, args=(y, q))
+        p.start()
+        try: got = q.get(timeout=120)
+        finally: p.join(30); p.kill()
+    finally: torch.set_num_threads(n0)
+    assert torch.equal(torch.from_numpy(got), w)
+
+def _weights_in_child(y, q):
+    torch.set_num_threads(2)
+    q.put(prepare_LDS_weights(y, show_plot=False).numpy())

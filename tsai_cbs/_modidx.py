@@ -244,6 +244,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'tsai_cbs.lds._lds_bins': ('lds.html#_lds_bins', 'tsai_cbs/lds.py'),
                               'tsai_cbs.lds._libc_madvise': ('lds.html#_libc_madvise', 'tsai_cbs/lds.py'),
                               'tsai_cbs.lds._lookup_into': ('lds.html#_lookup_into', 'tsai_cbs/lds.py'),
+                              'tsai_cbs.lds._pass_map': ('lds.html#_pass_map', 'tsai_cbs/lds.py'),
+                              'tsai_cbs.lds._pass_pool': ('lds.html#_pass_pool', 'tsai_cbs/lds.py'),
                               'tsai_cbs.lds._rice': ('lds.html#_rice', 'tsai_cbs/lds.py'),
                               'tsai_cbs.lds._smooth': ('lds.html#_smooth', 'tsai_cbs/lds.py'),
                               'tsai_cbs.lds._tail_view': ('lds.html#_tail_view', 'tsai_cbs/lds.py'),

@@ -4,7 +4,8 @@
 
 # %% ../nbs/02_lds.ipynb #4a65fbb1
 from __future__ import annotations
-import contextlib, ctypes, functools, math, mmap, warnings
+import contextlib, ctypes, functools, math, mmap, os, threading, warnings
+from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -91,16 +92,19 @@ _OPENMP = 'parallel backend: OpenMP' in torch.__config__.parallel_info()
 
 @contextlib.contextmanager
 def _cpu_one_thread(y):
-    "Run this thread's torch CPU ops on one thread while binning large CPU label tensors; its thread count is restored afterwards"
-    # the passes are bound by memory bandwidth, so more threads gain little, while on a busy machine OpenMP threads
-    # waiting for each other at every op made them up to 25x slower (measured on this project's 2-core machine).
+    "Run this thread's torch CPU ops on one thread while binning large CPU label tensors (its thread count is restored afterwards); the passes split their work over that many threads of their own (`_pass_map`)"
+    # on a busy machine OpenMP threads waiting for each other at every op made the passes up to 25x slower (measured on
+    # this project's 2-core machine); threads that each take whole pieces of the labels never wait for each other.
     # OpenMP keeps the count per thread, so each caller saves and restores its own: other threads keep theirs
     if not _OPENMP or y.device.type != 'cpu' or len(y) <= 32768: yield; return  # small ops run inline anyway
-    n = torch.get_num_threads()
-    if n == 1: yield; return
-    torch.set_num_threads(1)
-    try: yield
-    finally: torch.set_num_threads(n)
+    n, prev = torch.get_num_threads(), getattr(_passes, 'threads', 1)
+    _passes.threads = min(n, _MAX_PASS_THREADS)
+    try:
+        if n == 1: yield; return
+        torch.set_num_threads(1)
+        try: yield
+        finally: torch.set_num_threads(n)
+    finally: _passes.threads = prev
 
 def _libc_madvise():
     "libc's `madvise` where Linux offers transparent huge pages, else None"
@@ -121,7 +125,36 @@ def _empty_f32(n, device):
     if device.type == 'cpu' and n >= (4 << 20) and _madvise is not None and _MADV_HUGEPAGE is not None:
         a = t.data_ptr(); lo, hi = -(-a // _HUGE) * _HUGE, (a + 4 * n) // _HUGE * _HUGE  # whole huge pages inside
         if hi > lo: _madvise(lo, hi - lo, _MADV_HUGEPAGE)  # failing only costs speed
+    # pass threads writing side by side into fresh pages fault on them side by side, which was slower than one thread
+    # (measured here: the lookup 3x slower): the pages are faulted in here, in order, by one byte each
+    if device.type == 'cpu' and getattr(_passes, 'threads', 1) > 1 and n >= 2 * _PIECE: t.view(torch.uint8)[::4096].zero_()
     return t
+
+# %% ../nbs/02_lds.ipynb #b7e2c4a1
+# threads of the big CPU passes (min/max, binning and counting, the weight lookup): whole pieces of the labels each,
+# taken in turn, so a thread slowed by other work on the machine delays no other one. Each runs its ops on one
+# OpenMP thread (set for it by `_cpu_one_thread` of the calling thread, which holds that count during the passes)
+_passes, _PIECE, _MAX_PASS_THREADS = threading.local(), 1 << 20, 8
+_pool, _pool_lock = None, threading.Lock()
+
+def _pass_pool(n):
+    "This process's pool of pass threads, at least `n` of them (a new one after a fork: the parent's threads are gone)"
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < n:
+            _pool = (os.getpid(), ThreadPoolExecutor(n, thread_name_prefix='tsai_cbs_lds'))
+        return _pool[1]
+
+def _pass_map(fn, end, start=0):
+    "`[fn(a, b), ...]` over consecutive pieces of `range(start, end)`, run on the pass threads where `_cpu_one_thread` allows several; in order"
+    k, n = getattr(_passes, 'threads', 1), end - start
+    if k <= 1 or n < 2 * _PIECE: return [fn(start, end)]
+    size = max(_PIECE, -(-n // (4 * k)))  # a few pieces per thread: a slowed thread leaves its share to the others
+    cuts = list(range(start, end, size)) + [end]
+    fs = [_pass_pool(k).submit(fn, a, b) for a, b in zip(cuts, cuts[1:])]
+    wait(fs)  # all of them, even when one failed: none may still write once the caller goes on
+    return [f.result() for f in fs]
+
 
 # %% ../nbs/02_lds.ipynb #dc712710
 def _check_range(label_range):
@@ -161,7 +194,8 @@ def _is_integer_valued(y, chunk):
 def _layout(y, n_bins, label_range, dtype):
     "Checked `(lo, hi, n_bins, scale, int_offset)` for the labels `y` (one host sync for min/max and the NaN/inf check); `int_offset`: min(y) where integer labels get one bin per integer"
     if len(y) == 0: raise ValueError("`labels` must not be empty")
-    stats = list(torch.aminmax(y))
+    mm = _pass_map(lambda a, b: torch.stack(torch.aminmax(y[a:b])), len(y))
+    stats = list(mm[0]) if len(mm) == 1 else [torch.stack([m[0] for m in mm]).min(), torch.stack([m[1] for m in mm]).max()]
     # NaN propagates through min/max, so finite extremes mean finite labels
     may_be_int = n_bins is None and label_range is None
     if may_be_int and y.is_floating_point(): head = y[:1024]; stats.append((head == head.trunc()).all())
@@ -235,24 +269,27 @@ def _count(y, lo, scale, n_bins, dtype, clip, int_offset=None, keep=None, offset
     in the last bin). `offset == int_offset` (integer labels from 0 up): the labels themselves are stored"""
     # without `clip` (labels within [lo, hi]) the clamp is skipped: y - lo >= 0 exactly, and (y - lo) * scale can round
     # up to n_bins but no further, so the last bin gets one extra slot in the counts (and in the lookup table)
-    dev, chunk = y.device, _chunk_size(y)
-    m, raw = min(chunk, len(y)), int_offset is not None and offset == int_offset
-    ibuf = torch.empty(m, dtype=torch.int32, device=dev) if keep is None else None
-    # the arithmetic runs in a chunk-sized scratch (cache-resident on the CPU); only the narrow indices go to `keep`
+    dev, chunk, raw = y.device, _chunk_size(y), int_offset is not None and offset == int_offset
     tdt = dtype if int_offset is None else torch.int64 if y.dtype == torch.int64 else torch.int32
-    tbuf = None if raw else torch.empty(m, dtype=tdt, device=dev)
-    counts = torch.zeros(offset + n_bins + 1, dtype=torch.int64, device=dev)
-    for a in range(0, len(y), chunk):
-        yc = y[a:a + chunk]; n = len(yc)
-        ic = ibuf[:n] if keep is None else keep[a:a + n]
-        if raw: ic.copy_(yc)  # bin + offset == the label: one narrowing copy
-        elif int_offset is None: _bin_rule(yc, lo, scale, n_bins, dtype, tbuf[:n], ic, clip=clip)
-        else:
-            t = tbuf[:n]
-            if yc.dtype == tdt: torch.sub(yc, int_offset, out=t)
-            else: t.copy_(yc).sub_(int_offset)  # widen first: uint8/int16 arithmetic would wrap around
-            ic.copy_(t)
-        counts += torch.bincount(ic, minlength=offset + n_bins + 1)
+    def piece(start, end):  # labels start..end, with a scratch of its own
+        m = min(chunk, end - start)
+        ibuf = torch.empty(m, dtype=torch.int32, device=dev) if keep is None else None
+        # the arithmetic runs in a chunk-sized scratch (cache-resident on the CPU); only the narrow indices go to `keep`
+        tbuf = None if raw else torch.empty(m, dtype=tdt, device=dev)
+        counts = torch.zeros(offset + n_bins + 1, dtype=torch.int64, device=dev)
+        for a in range(start, end, chunk):
+            yc = y[a:min(a + chunk, end)]; n = len(yc)
+            ic = ibuf[:n] if keep is None else keep[a:a + n]
+            if raw: ic.copy_(yc)  # bin + offset == the label: one narrowing copy
+            elif int_offset is None: _bin_rule(yc, lo, scale, n_bins, dtype, tbuf[:n], ic, clip=clip)
+            else:
+                t = tbuf[:n]
+                if yc.dtype == tdt: torch.sub(yc, int_offset, out=t)
+                else: t.copy_(yc).sub_(int_offset)  # widen first: uint8/int16 arithmetic would wrap around
+                ic.copy_(t)
+            counts += torch.bincount(ic, minlength=offset + n_bins + 1)
+        return counts
+    counts = functools.reduce(torch.add, _pass_map(piece, len(y)))  # integer sums: the same in any order
     out = counts[offset:offset + n_bins].clone()
     out[-1] += counts[offset + n_bins]
     return out
@@ -261,12 +298,22 @@ def _lookup_into(w, idx, tab):
     "Replace the bin indices `idx`, stored at the end of the memory of the float32 `w` (`_tail_view`), by their weights in `tab`"
     # chunk [a, b) of `w` overlaps only indices before b (they are at most as wide as a float32), and the chunk's own
     # indices are copied out before it is written: in order, nothing is overwritten before it is read
-    chunk = _chunk_size(w)
-    ibuf = torch.empty(min(chunk, len(w)), dtype=torch.int32, device=w.device)
-    for a in range(0, len(w), chunk):
-        ic = ibuf[:len(idx[a:a + chunk])]
-        ic.copy_(idx[a:a + chunk])
-        torch.index_select(tab, 0, ic, out=w[a:a + chunk])
+    chunk, n, s = _chunk_size(w), len(w), idx.element_size()
+    def piece(start, end):
+        ibuf = torch.empty(min(chunk, end - start), dtype=torch.int32, device=w.device)
+        for a in range(start, end, chunk):
+            b = min(a + chunk, end)
+            ic = ibuf[:b - a]
+            ic.copy_(idx[a:b])
+            torch.index_select(tab, 0, ic, out=w[a:b])
+    # pieces run side by side where their writes overwrite only indices already read: writing w[:b] reaches index
+    # (4b - t) / s at most (t: the byte where the indices start), so once w[:done] is written, w[done:b] may go
+    # side by side up to b = (t + done * s) / 4 (the whole of `w` at once for 4-byte indices: each piece its own)
+    t, done = 4 * n - s * n, 0
+    while done < n:
+        b = n if s == 4 else min(n, (t + done * s) // 4)
+        if b - done < 2 * _PIECE: piece(done, n); break  # the short rest in order
+        _pass_map(piece, b, done); done = b
 
 def _smooth(v, win):
     "float64 `v` convolved with the symmetric numpy window `win` (zero padding), with scipy `convolve1d`'s order of operations"
