@@ -86,3 +86,21 @@ def test_exported_name_is_documented(name):
     assert mod.__name__.startswith('tsai_cbs.'), (name, mod)
     nb = _notebook(mod)
     assert _documents(nb, name), f"{name} is exported by tsai_cbs.all but {nb.name} neither shows its docs nor explains it"
+
+
+def test_every_callback_looks_up_missing_hooks_in_one_step():
+    "Each exported callback derives from `core._QuickHooks`: fastai asks every callback for every event, and a missing one must not be searched for on the Learner and its model"
+    import tsai_cbs.all as A
+    from fastai.callback.core import Callback
+    from tsai_cbs.core import _QuickHooks
+    cbs = [v for k, v in vars(A).items() if isinstance(v, type) and issubclass(v, Callback) and v.__module__.startswith('tsai_cbs')]
+    assert len(cbs) >= 10 and [c.__name__ for c in cbs if not issubclass(c, _QuickHooks)] == []
+    from fastai.callback.core import _events
+    asked = []
+    class Spy:  # stands in for the Learner: records what the callback asks of it
+        def __getattr__(self, k): asked.append(k); raise AttributeError(k)
+    cb = A.StopAfter(max_epochs=1)
+    cb.learn = Spy()
+    missing = [e for e in _events if not callable(getattr(type(cb), e, None))]
+    assert len(missing) > 15 and not any(hasattr(cb, e) for e in missing) and asked == []
+    assert not hasattr(cb, 'no_such_name') and asked == ['no_such_name']  # other names still go to the Learner

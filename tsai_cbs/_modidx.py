@@ -82,6 +82,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'tsai_cbs.core.StateKeeper.keep': ('core.html#statekeeper.keep', 'tsai_cbs/core.py'),
                                'tsai_cbs.core.StateKeeper.restore': ('core.html#statekeeper.restore', 'tsai_cbs/core.py'),
                                'tsai_cbs.core.StateKeeper.set': ('core.html#statekeeper.set', 'tsai_cbs/core.py'),
+                               'tsai_cbs.core._QuickHooks': ('core.html#_quickhooks', 'tsai_cbs/core.py'),
+                               'tsai_cbs.core._QuickHooks.__getattr__': ('core.html#_quickhooks.__getattr__', 'tsai_cbs/core.py'),
                                'tsai_cbs.core._first_time': ('core.html#_first_time', 'tsai_cbs/core.py'),
                                'tsai_cbs.core._guarded_fit': ('core.html#_guarded_fit', 'tsai_cbs/core.py'),
                                'tsai_cbs.core._reset_run': ('core.html#_reset_run', 'tsai_cbs/core.py'),

@@ -9,7 +9,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib
 from fastcore.basics import store_attr
-from .core import check_type, check_number, check_pct, StateKeeper, on_fit_end, is_training_fit
+from .core import check_type, check_number, check_pct, StateKeeper, on_fit_end, is_training_fit, _QuickHooks
 
 # %% auto #0
 __all__ = ['BatchSubsampler']
@@ -42,7 +42,7 @@ def _check_batch(xb, yb, sample, step, update_y):
     return S
 
 # %% ../nbs/04_batch_subsampler.ipynb #05f929a6
-class BatchSubsampler(Callback):
+class BatchSubsampler(_QuickHooks, Callback):
     "Train on a random subset, drawn with replacement, of each training batch's samples and/or sequence steps"
     order, run_valid = 5, False  # after fastai's own batch preparation (order <= 0), before the per-sample loss weights (15)
     def __init__(self, sample_pct:float|tuple=None, # fraction of samples to draw per batch, or a (min, max) range

@@ -9,7 +9,7 @@ from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback, ReduceLROnPlateau
 from fastprogress.fastprogress import format_time
 import fastcore.basics, fastai.imports
-from .core import check_type, check_number, is_rank0, on_fit_end, is_training_fit, recorder_names
+from .core import check_type, check_number, is_rank0, on_fit_end, is_training_fit, recorder_names, _QuickHooks
 
 # %% auto #0
 __all__ = ['EpochLog']
@@ -26,7 +26,7 @@ def _fmt(v, fmt):
     try: return fmt.format(v)
     except (TypeError, ValueError): return str(v)
 
-class EpochLog(Callback):
+class EpochLog(_QuickHooks, Callback):
     "One line per epoch (and optionally every n batches) to stderr or a `logging` logger, on rank 0"
     # after the trackers (60-63): the patience counters include this epoch; after SaveModel's `last` checkpoint (10_000):
     # an epoch is logged once it is saved, so a resumed run (which runs again an epoch whose checkpoint was not written) logs it once

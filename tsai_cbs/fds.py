@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from fastai.callback.core import Callback
 from fastcore.basics import patch
-from .core import check_type, check_number, check_choice, on_fit_end, is_training_fit, inner_dl, distrib_initialized, warn0
+from .core import check_type, check_number, check_choice, on_fit_end, is_training_fit, inner_dl, distrib_initialized, warn0, _QuickHooks
 from .lds import LDSBins, lds_bins, get_lds_kernel_window, LDS_KERNELS
 
 # %% auto #0
@@ -250,7 +250,7 @@ def _check_reach(window, n_bins):
           f"(on Tecator, 172 labels in 12 bins, FDS tripled the test MAE). The paper smooths over 5 of 50-100 bins: "
           f"pass `n_bins` >= {4 * ks} (with labels in every bin) or a smaller `ks`.", once=('FDS.reach', ks, n_bins))
 
-class FDS(Callback):
+class FDS(_QuickHooks, Callback):
     "Feature distribution smoothing: calibrate a layer's features per label bin towards statistics smoothed over nearby bins, in training"
     run_valid = False
     def __init__(self, layer=None, # module of the model, or its name; None: the input of the model's last `nn.Linear`

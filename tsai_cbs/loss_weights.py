@@ -11,7 +11,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
 from fastcore.basics import GetAttr
-from .core import check_type, StateKeeper, on_fit_end, as_number_vector, inner_dl
+from .core import check_type, StateKeeper, on_fit_end, as_number_vector, inner_dl, _QuickHooks
 from .lds import LDSBins, lds_bins, _FAST_BINS
 
 # %% auto #0
@@ -84,7 +84,7 @@ class _WeightedLoss(GetAttr):
     def __repr__(self): return f"{type(self).__name__}({self.loss_func!r}, weighted by {type(self.cb).__name__})"
 
 # %% ../nbs/03_loss_weights.ipynb #965a5b79
-class _PerSampleWeighting(Callback):
+class _PerSampleWeighting(_QuickHooks, Callback):
     "Base of the per-sample loss weighting callbacks; subclasses give `_batch_weights(yb)`"
     order = 15  # after `DistributedTrainer` (11), so `learn.dl` is the DataLoader that is actually iterated
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.torch_core import find_bs
-from .core import check_type, check_number, on_fit_end, distrib_initialized, is_training_fit, in_lr_find
+from .core import check_type, check_number, on_fit_end, distrib_initialized, is_training_fit, in_lr_find, _QuickHooks
 from .trackers import TrackerRecords
 
 # %% auto #0
@@ -139,7 +139,7 @@ class MultiLoss:
 # %% ../nbs/06_multi_loss.ipynb #c2c2a8b7
 _SPLITS = ('train', 'valid')
 
-class MultiLossCallback(Callback):
+class MultiLossCallback(_QuickHooks, Callback):
     "Record every term of the Learner's `MultiLoss`, raw and weighted, for training and validation, in the `Recorder`"
     order = 55  # after the Recorder (50) builds its names; before the trackers (60+) and the progress table look them up
     def __init__(self, train_mean:bool=True): # make the Recorder's `train_loss` the epoch mean (the sum of the weighted training terms)

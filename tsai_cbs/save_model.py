@@ -22,7 +22,7 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.torch_core import get_model, rank_distrib, num_distrib
 from fastai.learner import load_model, Recorder
 from fastai.data.core import DataLoaders
-from .core import (check_type, check_number, check_choice, on_fit_end, is_rank0, distrib_barrier, broadcast_object, distrib_initialized,
+from .core import (_QuickHooks, check_type, check_number, check_choice, on_fit_end, is_rank0, distrib_barrier, broadcast_object, distrib_initialized,
                    is_training_fit, warn0, as_float, recorder_names)
 from .loss_weights import _WeightedLoss
 from .trackers import metric_direction, check_tracker_directions
@@ -431,7 +431,7 @@ def _auto_lower(monitor):
     return None
 
 # %% ../nbs/05_save_model.ipynb #6e7d0fb4
-class SaveModel(TrackerCallback):
+class SaveModel(_QuickHooks, TrackerCallback):
     "A `TrackerCallback` that saves the best model (crash-safe) during training and loads it at the end; top-k, periodic and resumable checkpoints"
     order, _stateattrs = TrackerCallback.order+1, ('_resumed', '_undo', '_rank_rng')
     def __init__(self,
@@ -685,7 +685,7 @@ def _save_ranked(self:SaveModel, val, row):
 # %% ../nbs/05_save_model.ipynb #ed2e2c4f
 STATE_VERSION = 2  # format of the `last` checkpoint's resume data; 1 (before callback states) is no longer read
 
-class _LastCheckpoint(Callback):
+class _LastCheckpoint(_QuickHooks, Callback):
     "Writes a `SaveModel`'s `last` checkpoint after every other callback's `after_epoch`"
     order = 10_000
     def __init__(self, owner): self.owner = owner

@@ -12,7 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from fastai.callback.core import Callback
-from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0, is_training_fit, recorder_names, say0
+from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0, is_training_fit, recorder_names, say0, _QuickHooks
 
 # %% auto #0
 __all__ = ['live_display', 'figure_path', 'check_figure_path', 'show_figure', 'recorder_table', 'plot_metrics', 'ShowGraph']
@@ -148,7 +148,7 @@ def plot_metrics(recorder, # a `Recorder` (`learn.recorder`) after `fit`
     return fig
 
 # %% ../nbs/11_show_graph.ipynb #53fed4a6
-class ShowGraph(Callback):
+class ShowGraph(_QuickHooks, Callback):
     "Update a graph of training and validation loss every epoch; plot the losses and metrics when training ends"
     order,run_valid = 65,False  # after the Recorder (50), which collects what is drawn
     def __init__(self,

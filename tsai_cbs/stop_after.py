@@ -5,13 +5,13 @@
 # %% ../nbs/13_stop_after.ipynb #7f205629
 from __future__ import annotations
 from fastai.callback.core import Callback, CancelFitException
-from .core import check_number, check_type, is_training_fit
+from .core import check_number, check_type, is_training_fit, _QuickHooks
 
 # %% auto #0
 __all__ = ['StopAfter']
 
 # %% ../nbs/13_stop_after.ipynb #2d4896b1
-class StopAfter(Callback):
+class StopAfter(_QuickHooks, Callback):
     "Stop training after `max_batches` training batches or `max_epochs` epochs (per `fit`, or in total with `across_fits`)"
     order = 100  # after every usual callback, so they all see the last batch/epoch before the fit is cancelled
     def __init__(self,

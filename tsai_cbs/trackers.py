@@ -8,7 +8,7 @@ import math, re
 from fastai.callback.core import Callback
 from fastai.callback.tracker import TrackerCallback
 from fastai.learner import Learner
-from .core import warn0
+from .core import warn0, _QuickHooks
 
 # %% auto #0
 __all__ = ['find_trackers', 'metric_direction', 'check_tracker_directions', 'TrackerRecords']
@@ -60,7 +60,7 @@ def _finite(v):
     try: return math.isfinite(float(v))
     except (TypeError, ValueError): return False
 
-class TrackerRecords(Callback):
+class TrackerRecords(_QuickHooks, Callback):
     "Remember, for every `TrackerCallback` on the Learner, the epoch whose value is its `best`; re-base `best`s on request"
     order = 70  # after every tracker (fastai's: 60-63), so an epoch's new `best` is seen in that epoch
     def __init__(self):

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from fastcore.basics import noop, noops
 from fastai.callback.core import Callback
 from fasttransform import Pipeline
-from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl, is_training_fit, warn0, say0
+from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl, is_training_fit, warn0, say0, _QuickHooks
 from .show_graph import live_display, show_figure, figure_path, check_figure_path
 
 # %% auto #0
@@ -49,7 +49,7 @@ def _nothing_msg(attr, tfms, skipped):
             f"transforms: {', '.join(skipped)}" + (f". Did you mean attr={close[0]!r}?" if close else ''))
 
 # %% ../nbs/12_transform_scheduler.ipynb #c1741afe
-class TransformScheduler(Callback):
+class TransformScheduler(_QuickHooks, Callback):
     "Schedule `attr` of the training transforms: batch `g` of `T` uses `initial * schedule_func(g / (T-1))`"
     run_valid = False
     _probe_pcts = (0., .25, .5, .75, 1.)
