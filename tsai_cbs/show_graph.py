@@ -12,7 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from fastai.callback.core import Callback
-from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0, is_training_fit, recorder_names, say0, _QuickHooks
+from .core import check_type, check_number, check_choice, check_pct, on_fit_end, is_rank0, is_training_fit, recorder_names, say0, as_float, _QuickHooks
 
 # %% auto #0
 __all__ = ['live_display', 'figure_path', 'check_figure_path', 'show_figure', 'recorder_table', 'plot_metrics', 'ShowGraph']
@@ -67,10 +67,8 @@ def show_figure(fig, # a matplotlib figure
 
 # %% ../nbs/11_show_graph.ipynb #deb1c62b
 def _finite(v):
-    "`v` as a float, NaN where it is missing, not a number or not finite"
-    if isinstance(v, torch.Tensor): v = v.item() if v.numel() == 1 else math.nan
-    try: v = float(v)
-    except (TypeError, ValueError): return math.nan
+    "`v` as a float (`as_float`), NaN where it is missing, not a number or not finite"
+    v = as_float(v)
     return v if math.isfinite(v) else math.nan
 
 def recorder_table(recorder) -> dict:
