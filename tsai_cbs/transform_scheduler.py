@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from fastcore.basics import noop, noops
 from fastai.callback.core import Callback
 from fasttransform import Pipeline
-from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl, is_training_fit, warn0, say0, _QuickHooks
+from .core import StateKeeper, on_fit_end, check_type, is_rank0, inner_dl, is_training_fit, warn0, say0, as_float, _QuickHooks
 from .show_graph import live_display, show_figure, figure_path, check_figure_path
 
 # %% auto #0
@@ -20,10 +20,11 @@ __all__ = ['TransformScheduler']
 
 # %% ../nbs/12_transform_scheduler.ipynb #b5374658
 def _as_float(v):
-    "`v` as a Python float if it is a real number (0-d tensors and numpy scalars included), else None"
+    "`v` as a Python float (`as_float`) if it is a real number (0-d tensors and numpy scalars included), else None"
+    # stricter than `as_float` on what counts: a bool, a string or a one-element array is not a value to schedule
     if isinstance(v, (torch.Tensor, np.ndarray, np.generic)) and getattr(v, 'ndim', 0) == 0: v = v.item()
     if isinstance(v, bool) or not isinstance(v, numbers.Real): return None
-    return float(v)
+    return as_float(v)
 
 def _tfms(f):
     "The transforms in a `DataLoader` hook: a `Pipeline`'s, a list's items, or the callable itself"
