@@ -1,7 +1,21 @@
 """Exact resume after SIGKILL: a run killed after several epochs and in the middle of an epoch, resumed each time in a new
 process by `SaveModel(resume=True)`, ends bit for bit like the run that was never killed, with every stateful callback
-of the package and fastai's trackers attached."""
-import os, signal, sys, traceback, warnings
+of the package and fastai's trackers attached.
+
+Two configurations, because `LDSWeightedLoss` and `adaptive_callbacks` cannot be on one Learner: the adaptive λ needs
+`learn.loss_func` to be a `MultiLoss` (`AdaptiveCountsWeight` refuses the per-sample weighting's stand-in loss), and a
+`MultiLoss` returns one mean per term, never the per-sample values `LDSWeightedLoss` weights (it refuses
+`reduction='none'`). So 'adaptive' has `adaptive_callbacks` (λ, checkpoint, LR plateau, early stopping, epoch log) with
+`BatchSubsampler`, `TransformScheduler` and `StopAfter`; 'lds' has `LDSWeightedLoss` with the same three and fastai's
+trackers.
+
+Each process is an `os.fork` of pytest's process, which never trains: the killed process and the resumed one are
+siblings, so nothing of the killed run reaches the next except its files. What a child does inherit (the imported
+modules, the random generators as pytest left them) cannot make a resume that does nothing pass: the Learner is built
+anew in the child, and a resumed child then re-initialises the weights and reseeds Python's, numpy's, torch's and the
+DataLoaders' generators from its pid, so only the checkpoint brings the reference back; and the last process must have
+trained only the epochs after the last kill. Forking spares ~20 interpreter starts with torch and fastai imports."""
+import os, random, signal, sys, traceback, warnings
 from pathlib import Path
 import numpy as np
 import pytest
@@ -133,21 +147,34 @@ class EpochLR(Callback):
     def load_state_dict(self, state): self.lrs = list(state['lrs'])
 
 
-def _child(config, path, background, kill, out):
+def _perturb(learn, seed):
+    "Another session's state: new random weights, other random and shuffling states; a real resume restores them all"
+    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    for m in learn.model.modules():
+        if hasattr(m, 'reset_parameters'): m.reset_parameters()
+    for dl in learn.dls.loaders: dl.rng = random.Random(seed)
+
+
+class EpochCount(Callback):
+    "The epochs this process trained (a resume skips the done ones without events); holds no state to resume"
+    def before_fit(self): self.n = 0
+    def before_epoch(self): self.n += 1
+
+
+def _child(config, path, background, kill, out, resumed):
     "One process of a run: build the Learner afresh, fit (resuming if there is a checkpoint), die at `kill` or save the result"
     code = 1
     try:
         torch.set_num_threads(1)
-        # a new session: other random states than the killed process had; the checkpoint must restore them
-        torch.manual_seed(os.getpid()); np.random.seed(os.getpid() % 2**32)
         warnings.filterwarnings('error', message='.*(not restored|start afresh).*')  # every callback's state must match
         learn = BUILD[config](path, background)
-        grab, epoch_lr, tracker_log = Grab(), EpochLR(), TrackerLog()
-        cbs = [grab, epoch_lr, tracker_log] + ([Kill(*kill)] if kill else [])
+        if resumed: _perturb(learn, os.getpid())
+        grab, epoch_lr, tracker_log, count = Grab(), EpochLR(), TrackerLog(), EpochCount()
+        cbs = [grab, epoch_lr, tracker_log, count] + ([Kill(*kill)] if kill else [])
         with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='.*(clamped|resuming a run).*')
             learn.fit(N_EPOCH, cbs=cbs)
-        torch.save(_result(learn, grab, epoch_lr, tracker_log), out)
+        torch.save(dict(_result(learn, grab, epoch_lr, tracker_log), trained=count.n), out)
         code = 0
     except BaseException:
         traceback.print_exc()
@@ -156,9 +183,9 @@ def _child(config, path, background, kill, out):
         os._exit(code)
 
 
-def _run(config, path, background=False, kill=None, out=None):
+def _run(config, path, background=False, kill=None, out=None, resumed=False):
     pid = os.fork()
-    if pid == 0: _child(config, path, background, kill, out)
+    if pid == 0: _child(config, path, background, kill, out, resumed)
     _, status = os.waitpid(pid, 0)
     return status
 
@@ -194,15 +221,17 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, tmp_path_fact
     assert n > KILLS[-1][1] + 1 and n < N_EPOCH, n
     assert len(set(ref['epoch_lrs'])) > 1, ref['epoch_lrs']
     if ref['lam'] is not None: assert len({r['lambda_seq'] for r in ref['lam']}) > 2
+    assert ref['trained'] == n
     run = tmp_path/'run'
-    for kill in KILLS:
-        status = _run(config, run, background, kill)
+    for i, kill in enumerate(KILLS):
+        status = _run(config, run, background, kill, resumed=i > 0)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f'the run was not killed at {kill}: status {status}'
         meta = load_checkpoint(run/'models'/'model_last.pth')['tsai_cbs']
         assert meta['epoch'] == (kill[1] if kill[0] == 'epoch' else kill[1] - 1)  # the mid-epoch kill resumes from the epoch before
-    status = _run(config, run, background, out=tmp_path/'result.pt')
+    status = _run(config, run, background, out=tmp_path/'result.pt', resumed=True)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, 'the last resumed run failed (its traceback is above)'
     res = torch.load(tmp_path/'result.pt', weights_only=False)
+    assert res['trained'] == n - KILLS[-1][1] - 1, res['trained']  # it resumed after the last kill, not from the start
     for k in ('final', 'best', 'values', 'lrs', 'epoch_lrs', 'losses', 'stopped_at', 'lam', 'stop_after', 'best_epoch', 'best_value', 'trackers', 'schedule'):
         assert _same(res[k], ref[k]), k
     # the resume file of the finished run is gone (delete_last defaults to True with resume): a re-run trains again
