@@ -132,18 +132,22 @@ def _render_show_docs(nb):
 # fastprogress's bars: `Epoch 1/1 : |████----| 50.00% [1/2 00:00<00:00 ...]` (text), or an HTML <progress>
 _re_bar = re.compile(r'^\s*(Epoch \d+/\d+ : )?\|[█\-\s]*\|\s*\d+(\.\d+)?% \[\d+/\d+')
 
+def _terminal_text(text) -> str:
+    "What a terminal would show last of a stream's `text`, without progress bars (the pages show this)"
+    lines = []
+    for line in _txt(text).split('\n'):
+        parts = [p for p in line.split('\r') if p.strip()]  # a carriage return overwrites the line
+        parts = [p for p in parts if not _re_bar.match(p) and p.strip() not in ('█', 'Epoch 1/1 :')]
+        parts = [p for p in parts if not re.fullmatch(r'\s*(Epoch \d+/\d+ :)?\s*█?\s*', p)]
+        if parts or not line: lines.append(parts[-1] if parts else '')
+    return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines))
+
 def _drop_progress(cell):
     "Progress bars stored in a notebook are not docs: keep what a terminal would show last, without the bars"
     outs = []
     for o in cell.get('outputs', []):
         if o.get('output_type') == 'stream':
-            lines = []
-            for line in _txt(o.get('text')).split('\n'):
-                parts = [p for p in line.split('\r') if p.strip()]  # a carriage return overwrites the line
-                parts = [p for p in parts if not _re_bar.match(p) and p.strip() not in ('█', 'Epoch 1/1 :')]
-                parts = [p for p in parts if not re.fullmatch(r'\s*(Epoch \d+/\d+ :)?\s*█?\s*', p)]
-                if parts or not line: lines.append(parts[-1] if parts else '')
-            text = re.sub(r'\n{3,}', '\n\n', '\n'.join(lines))
+            text = _terminal_text(o.get('text'))
             if not text.strip(): continue
             o['text'] = text
         elif o.get('output_type') in ('display_data', 'execute_result'):
@@ -347,25 +351,40 @@ def build_site(out=ROOT/'site', nbs=NBS, quiet=True) -> Path:
 
 # --- stored outputs are current ---------------------------------------------------------------------
 # The pages show the outputs stored in the notebooks, so a check runs each notebook afresh (as `nbdev-test` does) and
-# compares its text outputs with the stored ones. Only what is the same on every run is compared: results and
-# displays as text (not streams: timings, warnings, logs), with decimals, times and memory addresses masked. API docs
-# (`show_doc`) are not compared: the site renders them from the installed module. `#| check_output: false` leaves a
-# cell out.
-_re_mask = [(re.compile(r'0x[0-9a-fA-F]+'), '0x…'), (re.compile(r'\b\d{1,2}:\d{2}(:\d{2})?\b'), 'hh:mm'),
+# compares its text outputs with the stored ones: results and displays as text, and printed text (stdout, as a
+# terminal shows it, without progress bars). stderr (warnings, logs, progress) is not compared. Only what is the same
+# on every run is compared: decimals, times, memory addresses and temporary folders (`tempfile`'s random names) are
+# masked, so a table's words and layout must match, not its measured values. API docs (`show_doc`) are not compared:
+# the site renders them from the installed module. `#| check_output: false` leaves a cell out (printed text that
+# differs from run to run in more than its numbers: timings in words, tracebacks with paths, ...).
+_re_mask = [(re.compile(r'0x[0-9a-fA-F]+'), '0x…'),
+            # `/tmp/tmpab_x9k2q/run`, `/var/folders/…/nbtest_03_x_0a1b2c3d/tmpz8y7x6w5/a.png` -> `<tmp>/run`, `<tmp>/a.png`
+            (re.compile(r"""(?:/[^\s/'"]+)*/(?:tmp|[\w.-]*_)[a-z0-9_]{8}(?![\w-]|\.\w)"""), '<tmp>'),
+            (re.compile(r'\b\d{1,2}:\d{2}(:\d{2})?\b'), 'hh:mm'),
             (re.compile(r'[-+]?(\d+\.\d*|\.\d+)([eE][-+]?\d+)?|\b\d+[eE][-+]?\d+\b|\bnan\b|\binf\b'), '#.#')]
 
+def _mask(t) -> str:
+    for rx, rep in _re_mask: t = rx.sub(rep, t)
+    return re.sub(r'[ \t]*#\.#[ \t]*', '#.#', re.sub(r'[ \t]+', ' ', t)).strip()  # padding follows the width of the (masked) numbers
+
 def comparable_text(outputs) -> str:
-    "The text of a cell's outputs that is compared: results and displays as text, masked (see above)"
-    parts = []
+    "The text of a cell's outputs that is compared: results and displays as text, and stdout as a terminal shows it, masked (see above)"
+    parts, stdout = [], []
+    def flush():
+        if stdout: parts.append(_mask(_terminal_text(''.join(stdout)))); stdout.clear()
     for o in outputs or []:
-        if o.get('output_type') not in ('execute_result', 'display_data'): continue
+        ot = o.get('output_type')
+        if ot == 'stream':  # consecutive stdout pieces are one text, however the kernel split them
+            if o.get('name') == 'stdout': stdout.append(_txt(o.get('text')))
+            continue
+        if ot not in ('execute_result', 'display_data'): continue
+        flush()
         d = o.get('data', {})
         t = _txt(d.get('text/plain')) if 'text/plain' in d and not any(k.startswith('image/') for k in d) else ''
         if not t and 'text/markdown' in d: t = _txt(d['text/markdown'])
-        for rx, rep in _re_mask: t = rx.sub(rep, t)
-        t = re.sub(r'[ \t]*#\.#[ \t]*', '#.#', re.sub(r'[ \t]+', ' ', t))  # padding follows the width of the (masked) numbers
-        if t.strip(): parts.append(t.strip())
-    return '\n'.join(parts)
+        parts.append(_mask(t))
+    flush()
+    return '\n'.join(p for p in parts if p)
 
 def _checked(cell) -> bool:
     if cell.get('cell_type') != 'code': return False
@@ -410,7 +429,11 @@ def _report(name, stale, err, file=sys.stderr):
     if not stale: return 0
     print(f'{name}: stored outputs differ from a fresh run in {len(stale)} cell(s); run it again and store its outputs '
           f'(`nbdev-test {name} --save`)', file=file)
-    for cid, a, b in stale: print(f'  cell {cid}:\n    stored: {a[:300]!r}\n    fresh:  {b[:300]!r}', file=file)
+    for cid, a, b in stale:  # the first line that differs (masked as compared): a table's one changed row, not 300 characters of it
+        al, bl = a.split('\n'), b.split('\n')
+        i = next((i for i, (x, y) in enumerate(zip(al, bl)) if x != y), min(len(al), len(bl)))
+        line = lambda ls: repr(ls[i][:300]) if i < len(ls) else '(no more lines)'
+        print(f'  cell {cid}, line {i + 1} of its text outputs:\n    stored: {line(al)}\n    fresh:  {line(bl)}', file=file)
     return 1
 
 def check_outputs(paths=None, n_workers=2) -> int:

@@ -164,16 +164,25 @@ def _ided(*cells):
     return cells
 
 def test_check_outputs(tmp_path):
-    "A notebook whose stored text outputs differ from a fresh run is found; numbers with decimals, streams and opted-out cells are not compared"
+    "A notebook whose stored text outputs (results, displays, printed text) differ from a fresh run is found; numbers with decimals, times, temporary folders, stderr, progress bars and opted-out cells are not compared"
+    table = "print('| arm | MAE |'); print(f'| plain | {1/3:.3f} |')"
     good = _nb(tmp_path/'01_ok.ipynb', *_ided(_md('# ok'), _code('1 + 1', _result(**{'text/plain': '2'})),
                _code('import time; time.time()', _result(**{'text/plain': '1733312.25'})),
-               _code("print('fresh')", _stream('stdout', 'stored\n')),
-               _code('#| check_output: false\nlist(range(3))', _result(**{'text/plain': '[9]'})),
+               _code("print(f'took {time.time():.1f} s at 12:04')", _stream('stdout', 'took 3.5 s at 07:31\n')),
+               _code(table, _stream('stdout', '| arm | MAE |\n'), _stream('stdout', '| plain | 0.25 |\n')),  # split as a kernel may split it
+               _code("import shutil, tempfile; d = tempfile.mkdtemp(); print(f'output in {d}'); shutil.rmtree(d)",
+                     _stream('stdout', 'output in /tmp/tmpk2_9xq0a\n')),
+               _code("import sys; print('a new log line', file=sys.stderr)", _stream('stderr', 'an old one\n')),
+               _code("print('\\rEpoch 1/1 : |████----| 50.00% [1/2 00:00<00:00]\\rdone')", _stream('stdout', 'done\n')),
+               _code("#| check_output: false\nprint('varies'); list(range(3))", _stream('stdout', 'differs\n'), _result(**{'text/plain': '[9]'})),
                _code("import numpy as np; np.array([0.5, 10.25])", _result(**{'text/plain': 'array([ 0.25, 11.5 ])'}))))
     assert build.stale_outputs(good) == []
     bad = _nb(tmp_path/'02_bad.ipynb', *_ided(_md('# bad'), _code("sorted(['b', 'a', 'c'])", _result(**{'text/plain': "['a', 'b']"})),
-              _code("'never stored'")))
-    assert build.stale_outputs(bad) == [('c1', "['a', 'b']", "['a', 'b', 'c']"), ('c2', '', "'never stored'")]
+              _code("'never stored'"),
+              _code("print('fresh')", _stream('stdout', 'stored\n')),
+              _code(table, _stream('stdout', '| arm | MAE |\n| lds | 0.25 |\n'))))  # a changed word in a printed table
+    assert build.stale_outputs(bad) == [('c1', "['a', 'b']", "['a', 'b', 'c']"), ('c2', '', "'never stored'"),
+                                        ('c3', 'stored', 'fresh'), ('c4', '| arm | MAE |\n| lds |#.#|', '| arm | MAE |\n| plain |#.#|')]
     assert build.main(['check-outputs', '--n-workers', '1', str(bad)]) == 1
     assert build.main(['check-outputs', '--n-workers', '1', str(good)]) == 0
     assert build.main(['check-outputs', '--n-workers', '2', str(good), str(bad)]) == 1  # a process per notebook
