@@ -1,5 +1,5 @@
 "Docs: README.md is generated from nbs/index.ipynb and up to date; the site renders the notebooks' stored outputs, and reads well in a browser."
-import base64, functools, html, http.server, importlib.util, io, json, os, re, shutil, subprocess, tempfile, threading, time
+import base64, functools, html, http.server, importlib.util, io, json, os, re, shutil, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 import pytest
 
@@ -186,6 +186,27 @@ def test_check_outputs(tmp_path):
     assert build.main(['check-outputs', '--n-workers', '1', str(bad)]) == 1
     assert build.main(['check-outputs', '--n-workers', '1', str(good)]) == 0
     assert build.main(['check-outputs', '--n-workers', '2', str(good), str(bad)]) == 1  # a process per notebook
+
+def test_notebook_stage_finds_what_a_notebook_leaves_in_the_temp_folder(tmp_path):
+    "tests/run_notebooks.py runs each notebook with a temp folder of its own and fails, naming the notebook and what it left, when the folder is not empty at its end"
+    leaks = _nb(tmp_path/'01_leaks.ipynb', *_ided(_md('# leaks'), _code(
+        "import pathlib, tempfile\nd = pathlib.Path(tempfile.mkdtemp(prefix='kept_')); (d/'a.pth').write_text('x')\n"
+        "f = tempfile.NamedTemporaryFile(suffix='.png', delete=False); f.close()")))
+    clean = _nb(tmp_path/'02_clean.ipynb', *_ided(_md('# clean'), _code(
+        "import pathlib, tempfile\ntmp = tempfile.TemporaryDirectory(); n = (pathlib.Path(tmp.name)/'a.pth').write_text('x')"),
+        _code('tmp.cleanup()')))
+    outer = tmp_path/'tmp'
+    outer.mkdir()
+    def stage(nb):
+        return subprocess.run([sys.executable, str(ROOT/'tests'/'run_notebooks.py'), '--n-workers', '1', str(nb)], cwd=ROOT,
+                              capture_output=True, text=True, env=dict(os.environ, TMPDIR=str(outer)), timeout=300)
+    res = stage(leaks)
+    assert res.returncode == 1 and 'FAIL 01_leaks.ipynb' in res.stdout and 'stored outputs differ' not in res.stderr, res.stdout + res.stderr
+    left = re.search(r'01_leaks\.ipynb: left 2 item\(s\) in its temp folder .*: (.*)', res.stderr)
+    assert left and re.fullmatch(r'kept_\w{8}/ \(1 file\), tmp\w{8}\.png', left[1]), res.stderr
+    res = stage(clean)
+    assert res.returncode == 0 and 'ok   02_clean.ipynb' in res.stdout, res.stdout + res.stderr
+    assert list(outer.iterdir()) == []  # the stage removes the notebooks' folders, and what they left in them
 
 # --- in a browser ---------------------------------------------------------------------------------
 # Headless Chromium (Debian's `chromium`) opens the built pages, from disk and served, and the checks read what it
