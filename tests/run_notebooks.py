@@ -38,7 +38,7 @@ def _describe(p):
     return f'{p.name}/ ({n} file{"s" * (n != 1)})'
 
 def _run(fn, skip_flags, basepath, cell_timeout):
-    print(f'  ..   {fn.name}', flush=True)
+    print(f'  ..   {fn.name}\n', end='', flush=True)  # one write: print's two (text, then end) interleave with other processes' lines
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'docs'))
     import build  # docs/build.py: one definition of "stored outputs are current", shared with `build.py check-outputs`
     t0, ok = time.monotonic(), False
@@ -73,7 +73,7 @@ def main(argv=None):
             try: ok, secs = fut.result()
             except Exception as e: ok, secs = False, float('nan'); print(f'{f.name}: {e!r}', file=sys.stderr)
             if not ok: failed.append(f.name)
-            print(f'  {"ok  " if ok else "FAIL"} {f.name} {secs:.0f} s  [{i}/{n}, {time.monotonic() - t0:.0f} s]', flush=True)
+            print(f'  {"ok  " if ok else "FAIL"} {f.name} {secs:.0f} s  [{i}/{n}, {time.monotonic() - t0:.0f} s]\n', end='', flush=True)
     if failed:
         print(f'notebooks failed: {", ".join(failed)}', file=sys.stderr)
         return 1
