@@ -24,18 +24,18 @@ def test_quick_run(tmp_path):
     d = made[0]
     assert '172 training / 43 test' in out and 'x 8 epochs' in out
     # EpochLog lines as progress: first and last epoch of every run on the console, every epoch in train.log
-    for run in ('plain_seed0', 'plain_seed1', 'lds_seed0', 'lds_seed1'):
+    arms = ('plain', 'lds', 'fds', 'lds+fds')  # every arm by default
+    for run in (f'{a}_seed{s}' for a in arms for s in (0, 1)):
         assert f'[{run}] epoch 1/8 |' in out and f'[{run}] epoch 8/8 |' in out, run
-    assert len((d/'train.log').read_text().splitlines()) == 4 * 8
-    for f in ('label_histogram.png', 'loss_curves.png', 'region_errors.png', 'pred_vs_true.png',
-              'runs/plain_seed0_graph.png', 'runs/lds_seed0_graph.png'):
+    assert len((d/'train.log').read_text().splitlines()) == 8 * 8
+    for f in ('label_histogram.png', 'loss_curves.png', 'region_errors.png', 'pred_vs_true.png', *(f'runs/{a}_seed0_graph.png' for a in arms)):
         assert _png(d/f), f
-    assert sorted(p.name for p in (d/'runs'/'models').iterdir()) == ['lds_seed0.pth', 'lds_seed1.pth', 'plain_seed0.pth', 'plain_seed1.pth']
+    assert sorted(p.name for p in (d/'runs'/'models').iterdir()) == sorted(f'{a}_seed{s}.pth' for a in arms for s in (0, 1))
     # the table printed is the one measured: recompute every cell from the stored predictions
     Xtr, ytr, Xte, yte = load_data('tecator')
     regions = shot_regions(ytr)
     summary = json.loads((d/'results.json').read_text())['summary']
-    for arm in ('plain', 'lds'):
+    for arm in arms:
         runs = [json.loads((d/'runs'/f'{arm}_seed{s}.json').read_text()) for s in (0, 1)]
         scores = [dir_scores(torch.tensor(r['preds']), torch.tensor(yte), regions) for r in runs]
         for k in ('mae', 'many_mae', 'medium_mae', 'few_mae', 'gm', 'balanced_mae'):
@@ -47,8 +47,8 @@ def test_quick_run(tmp_path):
             assert abs(float(m) - np.mean(vals)) <= half and abs(float(s) - np.std(vals)) <= half, (arm, k, m, s)
         # a real model was trained: far better than predicting the training median
         assert summary[arm]['mae'][0] < 0.5 * np.abs(yte - np.median(ytr)).mean()
-    # it says what LDS changed, whichever way it went
-    assert 'lds lowered the few-shot MAE' in out or 'lds raised the few-shot MAE' in out
+    # it says what each arm changed, whichever way it went
+    for arm in arms[1:]: assert f'{arm} lowered the few-shot MAE' in out or f'{arm} raised the few-shot MAE' in out, arm
     assert (d/'results.md').read_text().count('| plain ') == 1
 
 def test_resume_after_interruption(tmp_path):
@@ -120,7 +120,7 @@ def test_options(capsys):
     h = capsys.readouterr().out
     for opt in ('--dataset', '--epochs', '--seeds', '--out', '--quick', '--arms', 'tecator', 'covid3month'): assert opt in h, opt
     a = parse_args([])
-    assert (a.dataset, a.epochs, a.seeds, a.arms) == ('tecator', 60, 3, ['plain', 'lds'])
+    assert (a.dataset, a.epochs, a.seeds, a.arms) == ('tecator', 60, 3, ['plain', 'lds', 'fds', 'lds+fds'])
     a = parse_args(['--quick', '--epochs', '5'])
     assert (a.epochs, a.seeds) == (5, 2)
     for bad in (['--dataset', 'gunpoint'], ['--epochs', '0'], ['--seeds', '-1'], ['--arms', 'plain,fancy'], ['--stop-after', '0']):
