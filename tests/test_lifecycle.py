@@ -19,10 +19,10 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import set_seed
-from fasttransform import Transform
+from fasttransform import Transform, Pipeline
 
 from tsai_cbs.testing import synth_learner, synth_data
-from tsai_cbs.core import is_training_fit, warn0
+from tsai_cbs.core import is_training_fit, warn0, reset_once
 from tsai_cbs.save_model import SaveModel
 from tsai_cbs.loss_weights import WeightedPerSampleLoss, LDSWeightedLoss
 from tsai_cbs.batch_subsampler import BatchSubsampler
@@ -33,6 +33,7 @@ from tsai_cbs.show_graph import ShowGraph
 from tsai_cbs.transform_scheduler import TransformScheduler
 from tsai_cbs.stop_after import StopAfter
 from tsai_cbs.trackers import TrackerRecords
+from tsai_cbs.fds import FDS
 
 N, NV, BS, EPOCHS = 48, 16, 16, 2
 
@@ -115,11 +116,8 @@ CALLBACKS = {
     'adaptive_callbacks': (lambda: adaptive_callbacks({'seq': .2}, early_stop=3, plateau=1, output_prefix='bp', init=None), _multi, _obs_bundle),
     'TrackerRecords': (lambda: TrackerRecords(), lambda cbs, path: _plain(list(cbs or []) + [EarlyStoppingCallback(patience=5)], path),
                        _obs_records),
+    'FDS': (lambda: FDS(), _plain, _obs_none),
 }
-try:
-    from tsai_cbs.fds import FDS
-    CALLBACKS['FDS'] = (lambda: FDS(), _plain, _obs_none)
-except ImportError: pass  # helper C's module, added to the matrix once it exists
 
 
 class Killer(Callback):
@@ -374,6 +372,33 @@ def test_is_training_fit_in_nested_validate(tmp_path):
     _fit(learn, n=1)
     assert seen == [('before_fit', True), None, ('before_fit', False), ('back', True)]
     assert not is_training_fit(learn)
+
+
+def weird(inp, targ):
+    "A metric whose name says nothing of its direction (SaveModel's mode='auto' warns)"
+    return (inp - targ).abs().mean()
+
+# callback's warnings met in a fit -> (a Learner and the callbacks for that fit, the words of the warnings)
+RANK_WARNINGS = {
+    'SaveModel': (lambda path: _plain([SaveModel(monitor='weird')], path, metrics=weird), ["mode='auto' cannot tell"]),
+    'TransformScheduler': (lambda path: _plain([TransformScheduler(lambda p: 1 - p / 2)], path,
+                                               after_batch=Pipeline([Magnitude(.1), Transform(lambda x: x)])), ['not scheduled']),
+}
+
+@pytest.mark.parametrize('name', sorted(RANK_WARNINGS))
+def test_callback_fit_warnings_on_rank0_only(name, tmp_path, monkeypatch):
+    "The warnings a callback gives during a fit are given on rank 0 only: the same fit is silent with RANK=1"
+    make, words = RANK_WARNINGS[name]
+    # rank 0 first, in one folder: as in DDP, rank 1 loads the checkpoint rank 0 writes and writes nothing itself
+    for rank, n in (('0', 1), ('1', 0)):
+        monkeypatch.setenv('RANK', rank)
+        reset_once()  # each rank is a process of its own: its once-only messages are its own
+        learn = make(tmp_path)
+        with warnings.catch_warnings(record=True) as ws:
+            warnings.simplefilter('always')
+            _fit(learn, n=1)
+        msgs = [str(w.message) for w in ws if name in str(w.message)]
+        assert len(msgs) == n and all(any(k in m for k in words) for m in msgs), (rank, msgs)
 
 
 @pytest.mark.parametrize('how', ['interrupt', 'error'])
