@@ -1,5 +1,5 @@
 "SaveModel on real Learners and real files: exact resume, SIGKILL at random moments, DDP, ranking, NaN, loading on current torch."
-import io, os, random, select, shutil, signal, subprocess, sys, threading, time, warnings
+import errno, io, os, random, select, shutil, signal, subprocess, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
 import pytest
@@ -372,57 +372,113 @@ def _kill_learner(path, background=False, resume=False):
                    every_n_batches=2, background=background, resume=resume)
     return synth_learner(path=path, model=_Big(), metrics=Scripted(np.linspace(1, 0, n_ep)), cbs=cb, n_train=64, n_valid=16, bs=16), n_ep
 
-def _child(path, wfd, background):
+_GATE_BYTES = 1 << 20  # a checkpoint of `_Big` with Adam's state is ~8 MB: the gate stops it in the middle of the tensors
+
+class _Gate:
+    "The file `atomic_write` hands to a checkpoint's writer: once 1 MB is in the temp file, tell the parent, then hang"
+    def __init__(self, f, wfd): self.f, self.wfd, self.n = f, wfd, 0
+    def write(self, b):
+        n = self.f.write(b)
+        self.n += n
+        if self.n >= _GATE_BYTES:
+            self.f.flush()  # part of the checkpoint is in its temp file, the rest is not
+            os.write(self.wfd, b'w')
+            while True: time.sleep(60)  # mid-write until the parent's SIGKILL
+        return n
+    def __getattr__(self, k): return getattr(self.f, k)
+
+def _gate_writes(wfd, target):
+    "From `arm()` on, the next write of a checkpoint named `target` stops in the middle ('best' for any `m_{epoch}`)"
+    armed, real = [False], sm.atomic_write
+    def hit(name): return name[2:-4].isdigit() if target == 'best' else name == target
+    def gated(path, write_fn):
+        if not (armed[0] and hit(Path(path).name)): return real(path, write_fn)
+        armed[0] = False
+        return real(path, lambda f: write_fn(_Gate(f, wfd)))  # the real atomic write, its data cut off mid-stream
+    sm.atomic_write = gated  # the writer's (in this forked child only)
+    return lambda: armed.__setitem__(0, True)
+
+def _child(path, wfd, background, gate=None):
     try:
+        # the parent used torch's OpenMP threads before forking: in the child they would hang in the first parallel op
+        torch.set_num_threads(1)
         learn, n_ep = _kill_learner(path, background)
+        arm = _gate_writes(wfd, gate) if gate else None
         class Ready(Callback):
             order = 99
             def after_epoch(self):
-                if self.epoch == 1: os.write(wfd, b'1')  # epoch 0's checkpoints are written (also in the background): kill any time now
+                # epoch 0's checkpoints are written (also in the background): kill any time now, or stop the next write
+                if self.epoch == 1: arm() if arm else os.write(wfd, b'1')
         quiet_fit(learn, n_ep, cbs=Ready())
     except BaseException:
         import traceback; traceback.print_exc()
     finally: os._exit(0)
 
+def _killed_run(path, background, gate=None, delay=0.):
+    "Fork a training run and SIGKILL it `delay` seconds after epoch 1 ends, or, with `gate`, while it is writing that checkpoint"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r); _child(path, w, background, gate)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], 120)
+        assert ready and os.read(r, 1) == (b'w' if gate else b'1'), 'the training subprocess did not get there'
+        if delay: time.sleep(delay)
+    finally:  # also when it did not get there: no process is left behind
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0); os.close(r)
+    names = files(path)
+    return [n for n in names if n.endswith('.tsai_cbs.tmp')], [n for n in names if not n.endswith('.tsai_cbs.tmp')]
+
+def _check_all_load(path, cks, check):
+    "Every checkpoint on disk loads fully (weights, optimizer state, resume data); returns their number"
+    assert 'm_last.pth' in cks and any(n[2:-4].isdigit() for n in cks), cks  # a best (top-k) checkpoint and the last one
+    for n in cks:
+        st = load_checkpoint(path/'models'/n)
+        check.model.load_state_dict(st['model'])  # strict: every tensor, with its shape
+        check.opt.load_state_dict(st['opt'])
+        if n == 'm_last.pth': assert st['tsai_cbs']['epoch'] >= 0
+    return len(cks)
+
 @pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs os.fork')
 def test_sigkill_at_random_moments_leaves_complete_checkpoints(in_tmp):
-    rng, n_kills, mid_write, loaded = random.Random(0), 24, 0, 0
+    rng, n_kills, mid_write, loaded = random.Random(0), 18, 0, 0
     check, _ = _kill_learner('check')
     check.create_opt()
     for i in range(n_kills):
         path = in_tmp/f'run{i}'
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r); _child(path, w, background=bool(i % 2))
-        os.close(w)
-        ready, _, _ = select.select([r], [], [], 60)
-        assert ready and os.read(r, 1) == b'1', 'the training subprocess did not start'
-        time.sleep(rng.uniform(0, 0.4))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0); os.close(r)
-        names = files(path)
-        tmp = [n for n in names if n.endswith('.tsai_cbs.tmp')]
-        mid_write += bool(tmp)
-        cks = [n for n in names if n not in tmp]
-        assert 'm_last.pth' in cks and any(n.startswith('m_') and n[2:-4].isdigit() for n in cks), names
-        for n in cks:  # every checkpoint loads fully: weights, optimizer state, resume data
-            f = path/'models'/n
-            st = load_checkpoint(f)
-            check.model.load_state_dict(st['model'])  # strict: every tensor, with its shape
-            check.opt.load_state_dict(st['opt'])
-            loaded += 1
-            if n == 'm_last.pth': assert st['tsai_cbs']['epoch'] >= 0
-        if i: shutil.rmtree(path)  # ~36 MB a run: 24 runs would leave ~0.9 GB in the temp folder
+        tmp, cks = _killed_run(path, background=bool(i % 2), delay=rng.uniform(0, 0.4))
+        mid_write += bool(tmp)  # where a kill lands is up to the timing: counted, not required (the test below makes sure)
+        loaded += _check_all_load(path, cks, check)
+        if i: shutil.rmtree(path)  # ~36 MB a run: the runs would leave ~0.6 GB in the temp folder
     print(f'{n_kills} kills, {mid_write} in the middle of a write, {loaded} checkpoints loaded')
     assert loaded >= 2 * n_kills
-    assert mid_write >= 1, 'no kill landed in the middle of a write: the test did not exercise atomicity'
     # and a killed run resumes from its last checkpoint
     learn, n_ep = _kill_learner(in_tmp/'run0', resume=True)
     done = load_checkpoint(in_tmp/'run0'/'models'/'m_last.pth')['tsai_cbs']['epoch']
     with pytest.warns(UserWarning, match='resuming a run of'): quiet_fit(learn, done + 2)
     assert learn.save_model.best_epoch == done + 1 and learn.recorder.values[-1][2] == np.linspace(1, 0, n_ep)[done + 1]
     shutil.rmtree(in_tmp/'run0')
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs os.fork')
+@pytest.mark.parametrize('background', [False, True])
+@pytest.mark.parametrize('target', ['best', 'm_last.pth', 'm_iter.pth'])
+def test_sigkill_in_the_middle_of_a_write_leaves_complete_checkpoints(in_tmp, target, background):
+    "The kill lands mid-write by construction: the writer stops after the first bytes of a checkpoint and says so"
+    check, _ = _kill_learner('check')
+    check.create_opt()
+    tmp, cks = _killed_run(in_tmp/'run', background, gate=target)
+    # the kill hit that write: its temp file is there, partial (it does not load)
+    assert len(tmp) == 1 and (tmp[0].startswith('.m_') if target == 'best' else tmp[0].startswith(f'.{target}.')), tmp
+    part = in_tmp/'run'/'models'/tmp[0]
+    assert part.stat().st_size >= _GATE_BYTES
+    with pytest.raises(ValueError, match='cannot be read, it is damaged'): load_checkpoint(part)
+    # a new best is not there at all; a file being rewritten is still the complete previous one; every file on disk loads
+    final = '.'.join(tmp[0][1:].split('.')[:2])
+    assert (final not in cks) if target == 'best' else (final in cks), (final, cks)
+    assert _check_all_load(in_tmp/'run', cks, check) >= 2
 
 
 def test_ddp_rank0_writes_others_wait_then_load_the_same_best(in_tmp):
@@ -545,21 +601,62 @@ def test_resume_file_damaged_unknown_version_or_other_model_is_a_clear_error(in_
     assert not [w for w in ws if 'resum' in str(w.message) or 'restored' in str(w.message)]
 
 
+def _refused(learn, match):
+    "`fit` raises an OSError matching `match` before any training: no epoch recorded, the weights untouched"
+    w = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with pytest.raises(OSError, match=match): quiet_fit(learn, 2, cbs=SaveModel())
+    assert learn.recorder.values == [] and all(torch.equal(w[k], v) for k, v in learn.model.state_dict().items())
+
 def test_unwritable_or_blocked_folder_is_an_oserror_before_training(in_tmp):
-    def refused(learn, match):
-        w = {k: v.clone() for k, v in learn.model.state_dict().items()}
-        with pytest.raises(OSError, match=match): quiet_fit(learn, 2, cbs=SaveModel())
-        assert learn.recorder.values == [] and all(torch.equal(w[k], v) for k, v in learn.model.state_dict().items())
     Path('a').mkdir(); Path('a/models').write_text('a file where the folder should be')
-    refused(synth_learner(path='a'), r'SaveModel cannot write checkpoints to a/models: .*is a file')
+    _refused(synth_learner(path='a'), r'SaveModel cannot write checkpoints to a/models: .*is a file')
     Path('b').write_text('a file')
-    refused(synth_learner(path='b/run'), r'SaveModel cannot write checkpoints to b/run/models')
-    if os.geteuid() != 0:  # root writes through permissions
-        Path('ro/models').mkdir(parents=True); os.chmod('ro/models', 0o500)
-        try: refused(synth_learner(path='ro'), r'SaveModel cannot write checkpoints to ro/models')
-        finally: os.chmod('ro/models', 0o700)
+    _refused(synth_learner(path='b/run'), r'SaveModel cannot write checkpoints to b/run/models')
     quiet_fit(synth_learner(path='c'), 1, cbs=SaveModel())  # a folder that does not exist yet is fine
     assert files('c') == ['model.pth']
+
+
+def _deny_writes(monkeypatch, folder):
+    "What the kernel answers for a `folder` without write permission, to root too (root writes through modes): no new file or folder in it, `os.access` says no"
+    folder = Path(folder).resolve()
+    real_open, real_mkdir, real_access = os.open, os.mkdir, os.access
+    def denied(p): raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(p))
+    def path(p): return Path(os.fsdecode(p)).resolve() if isinstance(p, (str, bytes, os.PathLike)) else None  # not a file descriptor
+    def in_folder(p): return (q := path(p)) is not None and q.parent == folder
+    def open_(p, flags, *a, **kw):
+        if flags & os.O_CREAT and in_folder(p): denied(p)
+        return real_open(p, flags, *a, **kw)
+    def mkdir_(p, *a, **kw):
+        if in_folder(p): denied(p)
+        return real_mkdir(p, *a, **kw)
+    def access_(p, mode, *a, **kw):
+        if mode & os.W_OK and path(p) == folder: return False
+        return real_access(p, mode, *a, **kw)
+    monkeypatch.setattr(os, 'open', open_); monkeypatch.setattr(os, 'mkdir', mkdir_); monkeypatch.setattr(os, 'access', access_)
+
+@pytest.mark.parametrize('models_exists', [True, False])
+def test_read_only_folder_is_an_oserror_before_training(in_tmp, monkeypatch, models_exists):
+    "A checkpoint folder (or the folder it would be made in) without write permission: refused in `before_fit`, even for root"
+    ro = Path('ro/models') if models_exists else Path('ro')
+    ro.mkdir(parents=True)
+    with monkeypatch.context() as m:
+        _deny_writes(m, ro)
+        with pytest.raises(PermissionError): Path(ro/'probe').touch()  # the denial is real for this process
+        _refused(synth_learner(path='ro'), r'SaveModel cannot write checkpoints to ro/models')
+    assert sorted(p.name for p in Path('ro').rglob('*')) == (['models'] if models_exists else [])  # nothing was created
+    quiet_fit(synth_learner(path='ro'), 1, cbs=SaveModel())  # the same run, allowed to write: the permission was the reason
+    assert files('ro') == ['model.pth']
+
+
+@pytest.mark.skipif(not hasattr(os, 'geteuid') or os.geteuid() == 0, reason='root writes through permission bits')
+def test_read_only_folder_by_its_mode_is_an_oserror_before_training(in_tmp):
+    "The same with the folder's real permission bits (a non-root user)"
+    Path('ro/models').mkdir(parents=True); os.chmod('ro/models', 0o500)
+    try: _refused(synth_learner(path='ro'), r'SaveModel cannot write checkpoints to ro/models')
+    finally: os.chmod('ro/models', 0o700)
+    Path('ro2').mkdir(); os.chmod('ro2', 0o500)
+    try: _refused(synth_learner(path='ro2'), r'SaveModel cannot write checkpoints to ro2/models')
+    finally: os.chmod('ro2', 0o700)
 
 
 def test_mode_auto_knows_error_metrics_and_warns_when_it_cannot_tell(in_tmp):
