@@ -325,6 +325,7 @@ PLAIN = [
     # a NaN target: plain fastai's loss is NaN (and so are the weights after the step); the LDS weight of a NaN target is NaN
     ('LDSWeightedLoss, NaN target met in training', lambda: [LDSWeightedLoss(torch.randn(256))], dict(y5=math.nan)),
     ('LDSWeightedLoss, inf target met in training', lambda: [LDSWeightedLoss(torch.randn(256))], dict(y5=math.inf)),
+    ('LDSWeightedLoss, -inf target met in training', lambda: [LDSWeightedLoss(torch.randn(256))], dict(y5=-math.inf)),
     ('WeightedPerSampleLoss, empty validation set', lambda: [WeightedPerSampleLoss(torch.ones(256))], EMPTY_VALID),
     ('StopAfter, empty validation set', lambda: [StopAfter(max_epochs=5)], EMPTY_VALID),
     # a constant multiplier of 1: the training is plain fastai's, with a schedule in place
