@@ -2,6 +2,8 @@
 
 The datasets replicate tsai's (a training subset whose `.splits` is the flat list of its items' positions among all items,
 as `TSDatasets.subset(0)`), so tsai's code is not needed; the comparisons with tsai's own callback run where tsai imports."""
+import json
+from pathlib import Path
 import numpy as np
 import pytest, torch
 from torch import nn
@@ -43,11 +45,11 @@ def _data(valid_first=True):
     va, tr = (list(range(N_VA)), list(range(N_VA, N))) if valid_first else (list(range(N - N_VA, N)), list(range(N - N_VA)))
     return X, y, tr, va
 
-def _learner(w, valid_first=True, shuffle=True, cbs=()):
+def _learner(w, valid_first=True, shuffle=True, cbs=(), weighting=WeightedPerSampleLoss):
     X, y, tr, va = _data(valid_first)
     dls = DataLoaders(DataLoader(TsaiSubset(X, y, tr, 0), bs=BS, shuffle=shuffle), DataLoader(TsaiSubset(X, y, va, 1), bs=BS))
     set_seed(0)
-    return Learner(dls, Flat(), loss_func=MSELossFlat(), cbs=[WeightedPerSampleLoss(w), *cbs])
+    return Learner(dls, Flat(), loss_func=MSELossFlat(), cbs=[weighting(w), *cbs])
 
 def test_weights_for_the_entire_dataset_on_tsai_like_splits():
     "tsai's docstring: 'You can pass weights for the entire dataset or just for the training set' (was a TypeError)"
@@ -92,6 +94,76 @@ def test_showgraphcallback2_is_tsais_alias(in_tmp):
     with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3)
     assert len(learn.recorder.values) == 2
 
+# --- the scale of the training loss against tsai's: the numbers the loss_weights page gives ---------------------
+
+def _assert_documented_scale(losses, valid_first):
+    "`losses(which, w)`: (per-batch training losses, `Rows`) of an lr-0 fit, unshuffled, weighted by 'ours' or 'tsai' (80 training, 20 validation items)"
+    n_tr = N - N_VA
+    # weights for the entire dataset: tsai's training loss is ours x mean(train weights) / mean(all weights)
+    w = torch.cat([torch.full((N_VA,), 1.), torch.full((n_tr,), 2.)]) if valid_first else \
+        torch.cat([torch.full((n_tr,), 2.), torch.full((N_VA,), 1.)])
+    (ours, rows), (theirs, _) = losses('ours', w), losses('tsai', w)
+    assert np.allclose(theirs / ours, 2 / 1.8, rtol=1e-5)  # 1.111...
+    assert np.allclose(torch.cat(rows.w).numpy(), 1.)  # ours: equal training weights are the plain loss
+    # weights for the training set only: tsai pads zeros for the validation items and normalizes over all 100 -> x1.25 ...
+    w = torch.ones(n_tr)
+    ratio = losses('tsai', w)[0] / losses('ours', w)[0]
+    if not valid_first: assert np.allclose(ratio, N / n_tr, rtol=1e-5)  # 1.25 on every batch
+    else:
+        # ... but it looks the weights up by position among ALL items: with the validation items first, the last 20
+        # training items (positions 80-99) get weight 0 in tsai. Batches (unshuffled) 0-3 hold positions 20-83.
+        assert np.allclose(ratio[:3], N / n_tr, rtol=1e-5)
+        assert ratio[-1] < 1  # the last batch is mostly items tsai silently weights 0
+
+
+class TsaiRule(Callback):
+    """tsai's `WeightedPerSampleLoss` (1.0.x, tsai/callback/core.py) restated from its code: weights given for the training
+    items only are padded with zeros for the validation items; all are normalized once, `w / w.sum() * len(w)`, and looked
+    up by each item's position among ALL items; a training batch's loss is `mean(w * l)`, the validation loss the plain one"""
+    def __init__(self, instance_weights): self.w0 = torch.as_tensor(instance_weights, dtype=torch.float32)
+    def before_fit(self):
+        n_tr, n_va = len(self.dls.train.dataset), len(self.dls.valid.dataset)
+        w = torch.cat([self.w0, torch.zeros(n_va)]) if len(self.w0) == n_tr else self.w0
+        assert len(w) == n_tr + n_va
+        self.w = w / w.sum() * len(w)
+        self.crit, self.per_item = self.learn.loss_func, MSELossFlat(reduction='none')
+        self.learn.loss_func = self._loss
+    def _loss(self, pred, targ):
+        if not self.training: return self.crit(pred, targ)
+        return (self.per_item(pred, targ) * self.w[targ.long()]).mean()  # the target is the item's position among all items
+    def after_fit(self): self.learn.loss_func = self.crit
+
+def _restated_losses(which, w, valid_first):
+    rows = Rows()
+    learn = _learner(w, valid_first, shuffle=False, cbs=[rows], weighting=TsaiRule if which == 'tsai' else WeightedPerSampleLoss)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 0)  # lr 0: every batch sees the same model in both runs
+    return np.array(rows.losses), rows
+
+@pytest.mark.parametrize('valid_first', [True, False])
+def test_scale_against_tsais_rule(valid_first):
+    "The page's numbers (tsai / tsai_cbs: 1.111 and 1.25) from real fits of our callback and of tsai's rule; no tsai needed"
+    nb = json.loads((Path(__file__).parents[1]/'nbs'/'03_loss_weights.ipynb').read_text())
+    page = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
+    assert '2 / 1.8 = 1.111' in page and '100 / 80 = 1.25' in page  # what this test checks is what the page says
+    _assert_documented_scale(lambda which, w: _restated_losses(which, w, valid_first), valid_first)
+
+def test_tsais_rule_restated_by_hand():
+    "The restated rule on one batch, by hand: padded with zeros, normalized over all 100 items, looked up by position, averaged"
+    w = torch.arange(1., N - N_VA + 1)  # one weight per training item
+    learn = _learner(w, weighting=TsaiRule)
+    rule, crit = learn.tsai_rule, learn.loss_func
+    rule.before_fit()
+    s = w.sum()  # the padded zeros add nothing; the length is all 100 items
+    pred, targ = torch.tensor([1., 2., 4.]), torch.tensor([0., 5., 99.])  # targets: positions 0, 5 and 99 (a zero pad)
+    learn.training = True
+    expect = ((1 - 0) ** 2 * (1 / s * N) + (2 - 5) ** 2 * (6 / s * N) + 0.) / 3
+    assert torch.allclose(rule._loss(pred, targ), expect)
+    learn.training = False
+    assert torch.allclose(rule._loss(pred, targ), ((pred - targ) ** 2).mean())  # validation: the plain loss
+    rule.after_fit()
+    assert learn.loss_func is crit
+
+
 # --- the same weights under tsai's own callback: what a migrating user sees -----------------------------------
 
 def _tsai():
@@ -114,27 +186,10 @@ def _raw_losses(cb_type, w, get_ts_dls, valid_first=True):
 
 @pytest.mark.parametrize('valid_first', [True, False])
 def test_scale_against_tsai(valid_first):
-    "The numbers the loss_weights page gives for a migrating user (80 training, 20 validation items)"
+    "The numbers the loss_weights page gives for a migrating user, against tsai's own callback where tsai imports"
     get_ts_dls, TsaiWeighted = _tsai()
-    n_tr = N - N_VA
-    # weights for the entire dataset: tsai's training loss is ours x mean(train weights) / mean(all weights)
-    w = torch.cat([torch.full((N_VA,), 1.), torch.full((n_tr,), 2.)]) if valid_first else \
-        torch.cat([torch.full((n_tr,), 2.), torch.full((N_VA,), 1.)])
-    ours, rows = _raw_losses(WeightedPerSampleLoss, w, get_ts_dls, valid_first)
-    theirs, _ = _raw_losses(TsaiWeighted, w, get_ts_dls, valid_first)
-    assert np.allclose(theirs / ours, 2 / 1.8, rtol=1e-5)  # 1.111...
-    assert np.allclose(torch.cat(rows.w).numpy(), 1.)  # ours: equal training weights are the plain loss
-    # weights for the training set only: tsai pads zeros for the validation items and normalizes over all 100 -> x1.25 ...
-    w = torch.ones(n_tr)
-    ours, _ = _raw_losses(WeightedPerSampleLoss, w, get_ts_dls, valid_first)
-    theirs, _ = _raw_losses(TsaiWeighted, w, get_ts_dls, valid_first)
-    ratio = theirs / ours
-    if not valid_first: assert np.allclose(ratio, N / n_tr, rtol=1e-5)  # 1.25 on every batch
-    else:
-        # ... but it looks the weights up by position among ALL items: with the validation items first, the last 20
-        # training items (positions 80-99) get weight 0 in tsai. Batches (unshuffled) 0-3 hold positions 20-83.
-        assert np.allclose(ratio[:3], N / n_tr, rtol=1e-5)
-        assert ratio[-1] < 1  # the last batch is mostly items tsai silently weights 0
+    cb_types = {'ours': WeightedPerSampleLoss, 'tsai': TsaiWeighted}
+    _assert_documented_scale(lambda which, w: _raw_losses(cb_types[which], w, get_ts_dls, valid_first), valid_first)
 
 def test_tsai_lds_usage_cells_then_weighted_loss(in_tmp):
     "tsai's page: `prepare_LDS_weights` cells as written (one weight per item of the whole dataset), then `WeightedPerSampleLoss`"
