@@ -459,8 +459,7 @@ class SaveModel(_QuickHooks, TrackerCallback):
         comp = self._init_monitor_mode(monitor, comp, mode)
         fields = self._init_ckpt_names(fname, save_last, save_as, resume)
         self._init_triggers(every_epoch, at_end, save_top_k, every_n_batches, initial_value_threshold, start_from_epoch, min_delta)
-        for n, v in dict(with_opt=with_opt, reset_on_fit=reset_on_fit, verbose=verbose, background=background).items(): check_type(n, v, bool)
-        check_type('delete_last', delete_last, bool, allow_none=True)
+        self._init_flags(with_opt, reset_on_fit, verbose, background, delete_last)
         self._validate_init_configuration(fname, fields, every_epoch, at_end, with_opt, save_top_k, save_last, save_as)
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
         self._auto, self._min_delta0 = auto, min_delta
@@ -468,9 +467,15 @@ class SaveModel(_QuickHooks, TrackerCallback):
         store_attr('fname,every_epoch,at_end,with_opt,verbose,mode,save_top_k,save_last,every_n_batches,initial_value_threshold,'
                    'start_from_epoch,save_as,resume,background')
         self.delete_last = resume is not False if delete_last is None else delete_last
-        self.writer, self._fields = CheckpointWriter(save_as, background), fields
-        self.best_epoch, self.best_name, self.checkpoints, self.new_best = None, None, [], False
-        self._fitting, self._skip_to, self._logs, self._resumed, self._undo = False, 0, [], None, []
+        self._init_tracking(fields)
+
+# %% ../nbs/05_save_model.ipynb #775bd8ea
+@patch
+def _init_tracking(self:SaveModel, fields):
+    "The file writer, and the tracked state before any `fit`"
+    self.writer, self._fields = CheckpointWriter(self.save_as, self.background), fields
+    self.best_epoch, self.best_name, self.checkpoints, self.new_best = None, None, [], False
+    self._fitting, self._skip_to, self._logs, self._resumed, self._undo = False, 0, [], None, []
 
 # %% ../nbs/05_save_model.ipynb #f96b7baa
 @patch
@@ -533,6 +538,12 @@ def _init_triggers(self:SaveModel, every_epoch, at_end, save_top_k, every_n_batc
     self.iter_name = f'{self._stem}_iter' if every_n_batches else None
 
 # %% ../nbs/05_save_model.ipynb #2a688ff2
+@patch
+def _init_flags(self:SaveModel, with_opt, reset_on_fit, verbose, background, delete_last):
+    "Check the on/off arguments (`delete_last` may also be None: decided by `resume`)"
+    for n, v in dict(with_opt=with_opt, reset_on_fit=reset_on_fit, verbose=verbose, background=background).items(): check_type(n, v, bool)
+    check_type('delete_last', delete_last, bool, allow_none=True)
+
 @patch
 def _validate_init_configuration(self:SaveModel, fname, fields, every_epoch, at_end, with_opt, save_top_k, save_last, save_as):
     "The combinations that cannot work together"
@@ -611,6 +622,7 @@ def before_fit(self:SaveModel):
         self._undo.append(partial(_remove_cb, learn, cb))
     if resumed is not None: self._start_resume(*resumed)
 
+# %% ../nbs/05_save_model.ipynb #47d66c80
 def _remove_cb(learn, cb):
     if any(c is cb for c in learn.cbs): learn.remove_cb(cb)
 
@@ -694,18 +706,6 @@ class _LastCheckpoint(_QuickHooks, Callback):
 def _plain(v): return as_float(v) if isinstance(v, torch.Tensor) else v
 
 @patch
-def state_dict(self:SaveModel) -> dict:
-    "What `SaveModel` needs to continue: `best`, the epoch and file that hold it, the kept checkpoints, the logged rows"
-    return dict(monitor=self.monitor, best=as_float(self.best), best_epoch=self.best_epoch, best_name=self.best_name,
-                checkpoints=[dict(c) for c in self.checkpoints], logs=[list(r) for r in self._logs])
-
-@patch
-def load_state_dict(self:SaveModel, state:dict):
-    self._set_best(state['best'])
-    self.best_epoch, self.best_name, self.checkpoints = state['best_epoch'], state['best_name'], [dict(c) for c in state['checkpoints']]
-    self._logs = [list(r) for r in state['logs']]
-
-@patch
 def _save_last(self:SaveModel, finished=False):
     "Write the `last` checkpoint: model, optimizer, counters, random generators and every callback's state"
     if not self._fitting: return
@@ -723,6 +723,19 @@ def _all_gather(obj):
     out = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
+
+# %% ../nbs/05_save_model.ipynb #dff5e41f
+@patch
+def state_dict(self:SaveModel) -> dict:
+    "What `SaveModel` needs to continue: `best`, the epoch and file that hold it, the kept checkpoints, the logged rows"
+    return dict(monitor=self.monitor, best=as_float(self.best), best_epoch=self.best_epoch, best_name=self.best_name,
+                checkpoints=[dict(c) for c in self.checkpoints], logs=[list(r) for r in self._logs])
+
+@patch
+def load_state_dict(self:SaveModel, state:dict):
+    self._set_best(state['best'])
+    self.best_epoch, self.best_name, self.checkpoints = state['best_epoch'], state['best_name'], [dict(c) for c in state['checkpoints']]
+    self._logs = [list(r) for r in state['logs']]
 
 # %% ../nbs/05_save_model.ipynb #6f95a8ea
 @patch
@@ -758,6 +771,7 @@ def _read_resume(self:SaveModel):
     mine = _rank_part(meta, f)
     return f, ck, meta, match_callback_states(self.learn, mine['callbacks'], source=f'the checkpoint {f}')
 
+# %% ../nbs/05_save_model.ipynb #d9f5197b
 def _rank_part(meta, f):
     "This rank's random states and callback states in the resume data (rank 0's outside distributed training)"
     ranks, n, r = meta.get('ranks'), num_distrib() or 1, rank_distrib()
