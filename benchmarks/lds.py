@@ -208,7 +208,7 @@ def ratios(res, base, key):
 
 def print_cpu(res):
     methods = list(res['times'])
-    print(f"CPU, torch threads {res['threads']} (prepare_LDS_weights runs its passes on one thread), {res['rounds']} rounds; "
+    print(f"CPU, torch threads {res['threads']} (prepare_LDS_weights splits its passes over as many threads of its own, at most 8), {res['rounds']} rounds; "
           "times in ms: min / median over rounds of each round's best call; speed-up: median (min-max) over rounds of the same-round ratio")
     head = f"{'dtype':<8}{'labels':>7} {'bins':>5} | {'ours ms':>13}"
     for m in methods[1:]: head += f" | {m + ' ms':>15} {m + ' / ours':>19}"
