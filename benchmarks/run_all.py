@@ -115,7 +115,6 @@ def table(fig, outs):
         cu = lds['cuda']
         rows.append((f"`prepare_LDS_weights`, 1e8 CUDA labels ({cu['device']})",
                      ', '.join(f"{dt} {cu[dt]['min_ms']:.2f} / {cu[dt]['median_ms']:.2f} ms" for dt in ('float32', 'float64', 'int64', 'int32'))))
-    else: rows.append(("`prepare_LDS_weights`, 1e8 CUDA labels (H200)", "(GPU figure: to be measured)"))
     if 'imports' in lds:
         im = lds['imports']
         rows.append(("`import tsai_cbs.lds` (fresh interpreter, min of 3)",
