@@ -5,6 +5,14 @@ import matplotlib
 matplotlib.use('Agg')
 import pytest
 
+# Hypothesis caches constants of the source under `.hypothesis/` in the working folder (the repository): this process's
+# cache goes to a temporary folder of its own instead, removed when the process ends
+import atexit, shutil, tempfile
+if 'HYPOTHESIS_STORAGE_DIRECTORY' not in os.environ:
+    _hyp = tempfile.mkdtemp(prefix='tsai_cbs_hypothesis_')
+    os.environ['HYPOTHESIS_STORAGE_DIRECTORY'] = _hyp
+    atexit.register(shutil.rmtree, _hyp, ignore_errors=True)
+
 @pytest.fixture(autouse=True)
 def _close_figures():
     import matplotlib.pyplot as plt

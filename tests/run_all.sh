@@ -32,7 +32,7 @@ stage() {  # stage NAME FUNCTION: run it (stopping at its first failing command)
 }
 
 # files in the repository (ignored ones included) before the tests: none may be added by them
-repo_files() { git status --porcelain --ignored --untracked-files=all | grep -v -E '__pycache__/|\.pyc$|^!! \.pytest_cache/|^!! \.hypothesis/|\.egg-info/|^!! \.venv/' | sort || true; }
+repo_files() { git status --porcelain --ignored --untracked-files=all | grep -v -E '__pycache__/|\.pyc$|\.egg-info/|^!! \.venv/' | sort || true; }
 before=$(repo_files)
 
 exports_match() {
@@ -44,7 +44,7 @@ exports_match() {
   if [ -n "$untracked" ]; then echo "exported but not committed: $untracked" >&2; return 1; fi
 }
 notebooks() { python tests/run_notebooks.py --n-workers 2; }
-unit_tests() { MPLBACKEND=Agg python -m pytest -q -n 2 --durations=5 tests; }
+unit_tests() { MPLBACKEND=Agg python -m pytest -q -n 2 -p no:cacheprovider --durations=5 tests; }  # no .pytest_cache/ in the repository
 package() {
   python -m build --outdir "$work/dist" . > "$work/build.log" 2>&1 || { cat "$work/build.log"; return 1; }
   python tests/check_dist.py "$work/dist" "$work/build.log"
