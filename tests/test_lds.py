@@ -451,14 +451,18 @@ def test_cpu_passes_leave_other_threads_alone():
     from tsai_cbs.lds import _cpu_one_thread
     y = torch.zeros(100_000)
     entered, inner, left, res = threading.Event(), threading.Event(), threading.Event(), {}
+    # torch keeps a thread's count from its first read or parallel op on; before that, a thread takes the count another
+    # thread set last (even over its own `set_num_threads`): each thread reads its own before the other changes anything
+    ready = threading.Barrier(2, timeout=30)
+    def own(n): torch.set_num_threads(n); torch.get_num_threads(); ready.wait()
     def first():  # enters first, leaves while `second` is still inside
-        torch.set_num_threads(2)
+        own(2)
         with _cpu_one_thread(y): entered.set(); inner.wait(30)
         res['first'] = torch.get_num_threads(); left.set()
         prepare_LDS_weights(torch.from_numpy(skewed(100_000)), show_plot=False)
         res['first_public'] = torch.get_num_threads()
     def second():
-        torch.set_num_threads(2); entered.wait(30)
+        own(2); entered.wait(30)
         with _cpu_one_thread(y): inner.set(); left.wait(30)
         res['second'] = torch.get_num_threads()
     n0 = torch.get_num_threads()
