@@ -146,6 +146,14 @@ class _QuickHooks:
         if k in _EVENTS: raise AttributeError(k)
         return super().__getattr__(k)
 
+    @property
+    def training(self):
+        # fastai reads `training` at each inner-loop event of every callback; through `GetAttr` it is a failed lookup
+        # on the callback first (1.8 us against 0.2 us here). No Learner: the same AttributeError `GetAttr` gives
+        learn = self.learn
+        if learn is None: raise AttributeError('training')
+        return learn.training
+
 
 # %% ../nbs/00_core.ipynb #335bbbba
 _once_keys = set()  # keys of the once-only messages given in this process (`warn0` and `say0` share them)
