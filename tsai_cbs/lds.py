@@ -423,6 +423,20 @@ class LDSBins:
             return torch.index_select(tab, 0, torch.bucketize(y, bounds, right=True))
         with _cpu_one_thread(y): return self._weigh(y)
 
+    def _edges_for(self, device, dtype):
+        "Interior bin edges for `_bin_fast` on `device`, for labels of float `dtype` (cached; building them reads values back to the host)"
+        key = ('edges', device, dtype)
+        e = self._fast.get(key)
+        if e is None: e = self._fast[key] = self._fast_tables(device, dtype)[0][1:-1].contiguous()
+        return e
+
+    def _bin_fast(self, y):
+        "`bin_index` of the 1-d label tensor `y` in two kernels, without its checks and chunking (a batch's labels, e.g. in FDS's hook); no host sync once `_edges_for` has run"
+        if y.dtype not in (torch.float32, torch.float64): y = y.to(self.dtype)
+        # bucketize counts the interior edges <= y: the bin of a finite label, 0 for -inf, the last bin for +inf;
+        # it would send NaN to the last bin too, and the rule sends NaN to bin 0, hence -inf first
+        return torch.bucketize(torch.nan_to_num(y, nan=-math.inf, posinf=math.inf, neginf=-math.inf), self._edges_for(y.device, y.dtype), right=True)
+
     def __call__(self, labels) -> torch.Tensor:
         "float32 weight of each label (shape `(n,)`), on the labels' device; labels outside `[lo, hi]` get the edge bins' weights, NaN and ±inf labels NaN"
         return self._lookup(_as_labels(labels))

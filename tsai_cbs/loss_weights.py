@@ -113,7 +113,9 @@ def _batch_device(dl, model):
     if dev is None:
         p = next(iter(model.parameters()), None)
         dev = p.device if p is not None else torch.device('cpu')
-    return torch.device(dev)
+    dev = torch.device(dev)
+    # 'cuda' names the current GPU: with its index it is the device the batches' tensors report (a key for caches)
+    return torch.device('cuda', torch.cuda.current_device()) if dev.type == 'cuda' and dev.index is None else dev
 
 def _to_device(t, device):
     "Copy a CPU tensor to `device` without making the host wait (pinned, non-blocking) on CUDA"
