@@ -9,11 +9,13 @@ What is timed (CPU: the training thread's CPU time, so that other processes on a
 than wall time; CUDA: wall time): the training phase of one epoch (fastai's `before_train` to the end of every callback's `after_train`,
 CUDA synchronized at both ends), divided by its number of batches: everything a training step does, FDS's hook on
 every batch (bin the targets, add the features to the per-bin sums, calibrate them) and its end-of-epoch work
-(statistics update and smoothing) spread over the epoch's batches. `FDS(start_smooth=0, lag=False)` after a warm-up
+(statistics update and smoothing) spread over the epoch's batches (64 batches an epoch, still a short epoch: the end-of-epoch
+work is also printed on its own). `FDS(start_smooth=0, lag=False)` after a warm-up
 epoch, so every timed batch does the full work (sums and calibration). The bare fit and the FDS fit (same model
-weights, same batches) run in turns, round after round; the median per configuration is printed, and the extra time
-as a fraction of the bare step (negative values are noise), and the same for the fastest epoch of each (less sensitive
-to other processes on a shared machine). Then FDS's own per-batch work (its hook: binning, sums, calibration) timed
+weights, same batches) run in turns, round after round; printed: the median per configuration and the extra time as a
+fraction of the bare step, the median over rounds of each round's FDS epoch against the bare epoch of the same round
+(paired: a machine whose speed drifts disturbs it less), and the same for the fastest epoch of each (negative values
+are noise). Then FDS's own per-batch work (its hook: binning, sums, calibration) timed
 two ways, each as a fraction of the bare step's median: inside the fit (median over extra epochs; caches as the model's
 work leaves them), and alone on one batch, best of 9 loops of 100 calls (hot caches: the lower bound). The difference
 between the whole-step extra and the hook in the fit is the cost of one more fastai callback (fastai calls every
@@ -128,7 +130,7 @@ def hook_alone(learn, fds, xb, yb, device):
     return clock(lambda: fds._features(x), device)
 
 
-def run(device, kind, bs, rounds, n_batches=16):
+def run(device, kind, bs, rounds, n_batches=64):
     n_train = bs * n_batches
     X, y = make_data(n_train + bs, device)
     dls = DataLoaders(TensorBatchDL(X[:n_train], y[:n_train], bs=bs, shuffle=True, drop_last=True, device=device),
@@ -159,26 +161,31 @@ def run(device, kind, bs, rounds, n_batches=16):
                 if r: times[name].append(timer.per_batch[-1])
         # the hook timed inside the fit, in extra epochs (the syncs it needs on CUDA must not slow the timed ones)
         fds._features = timed_apply
+        ends, end_epoch = [], fds.stats.end_epoch
+        def timed_end(*a):  # FDS's end-of-epoch work (fold the sums, smooth), once an epoch
+            if device == 'cuda': torch.cuda.synchronize()
+            t0 = clk(); end_epoch(*a)
+            if device == 'cuda': torch.cuda.synchronize()
+            ends.append(clk() - t0)
+        fds.stats.end_epoch = timed_end
         for r in range(max(2, rounds // 2)):
             m.load_state_dict(init)
             with learn.no_bar(), learn.no_logging(): learners['fds'][0].fit(1)
-        del fds._features
+        del fds._features, fds.stats.end_epoch
         assert fds.stats.calibrating
-        bare, bare_min = statistics.median(times['bare']), min(times['bare'])
-        t, t_min = statistics.median(times['fds']), min(times['fds'])
-        t_idle = statistics.median(times['idle'])
+        med, paired = statistics.median, lambda k: statistics.median((a - b) / b for a, b in zip(times[k], times['bare']))
         learn = learners['fds'][0]
         learn.training = True
         alone = hook_alone(learn, fds, X[:bs], y[:bs], device)
-        rows.append((nf, bare, t, bare_min, t_min, t_idle, statistics.median(in_fit), alone))
+        rows.append((nf, med(times['bare']), med(times['fds']), paired('fds'), (min(times['fds']) - min(times['bare'])) / min(times['bare']),
+                     paired('idle'), med(in_fit), alone, med(ends)))
     print(f"\n{device.upper()} {kind}, batch {bs}, input (3, 64), {n_batches} batches per epoch, {fds.stats.n_bins} bins, "
-          f"median of {rounds} epochs per configuration")
-    print(f"{'F':>6}{'bare us/batch':>15}{'FDS us/batch':>14}{'extra/bare':>12}{'| best epoch':>13}{'extra/bare':>12}"
-          f"{'| idle cb':>10}{'extra/bare':>12}{'| hook in fit us':>17}{'/bare':>8}{'| hook alone us':>16}{'/bare':>8}")
-    for nf, bare, t, bare_min, t_min, t_idle, hook, alone in rows:
-        print(f"{nf:>6}{bare * 1e6:>15.1f}{t * 1e6:>14.1f}{(t - bare) / bare:>12.2%}{t_min * 1e6:>13.1f}"
-              f"{(t_min - bare_min) / bare_min:>12.2%}{t_idle * 1e6:>10.1f}{(t_idle - bare) / bare:>12.2%}"
-              f"{hook * 1e6:>17.1f}{hook / bare:>8.2%}{alone * 1e6:>16.1f}{alone / bare:>8.2%}")
+          f"{rounds} rounds (an epoch of each configuration per round)")
+    print(f"{'F':>6}{'bare us/batch':>15}{'FDS us/batch':>14}{'extra/bare':>12}{'paired':>9}{'best ep.':>10}"
+          f"{'| idle cb paired':>17}{'| hook in fit us':>17}{'/bare':>8}{'| hook alone us':>16}{'/bare':>8}{'| epoch end us':>15}")
+    for nf, bare, t, p, best, p_idle, hook, alone, end in rows:
+        print(f"{nf:>6}{bare * 1e6:>15.1f}{t * 1e6:>14.1f}{(t - bare) / bare:>12.2%}{p:>9.2%}{best:>10.2%}{p_idle:>17.2%}"
+              f"{hook * 1e6:>17.1f}{hook / bare:>8.2%}{alone * 1e6:>16.1f}{alone / bare:>8.2%}{end * 1e6:>15.0f}")
     return rows
 
 

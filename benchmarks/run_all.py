@@ -7,8 +7,8 @@
     python benchmarks/run_all.py --from-json FILE   # print the table of a saved run again
 
 Each figure is given as "min / median": over the rounds a benchmark runs inside itself (`lds.py`, the LDS rows; the
-same-round ratios for its speed-ups) or over the epochs (`batch_callbacks.py`; `fds.py`: medians over its epochs, and
-the fastest epoch), and over `--repeat` runs of the
+same-round ratios for its speed-ups) or over the epochs (`batch_callbacks.py`; `fds.py`: medians over its rounds, also
+paired by round, and the fastest epoch), and over `--repeat` runs of the
 scripts that print one figure per run (`checkpoint.py`, `multi_loss.py`, `graph_schedule_stop.py`). On a shared or
 busy machine the min is the least disturbed figure and the median the typical one; the spread between them is how much
 the figures vary from run to run. The load average (1 / 5 / 15 min) is printed before and after: figures measured at a
@@ -154,9 +154,9 @@ def table(fig, outs):
         cells = []
         for kind in ('cnn', 'mlp'):
             sec = fd[0].split(f'CPU {kind},')[1].split('\n\n')[0] if f'CPU {kind},' in fd[0] else ''
-            row = re.search(r'\n\s+256\s+([\d.]+)\s+[\d.]+\s+([+-]?[\d.]+)%\s+[\d.]+\s+([+-]?[\d.]+)%(?:\s+\S+){3}\s+([\d.]+)%', sec)
-            if row: cells.append(f"`{kind}` ({float(row[1]) / 1e3:.1f} ms step): whole step {float(row[2]):+.1f}% (fastest epoch {float(row[3]):+.1f}%), FDS's hook in the fit {row[4]}%")
-        if cells: rows.append(("`FDS`, CPU, 256 features, batch 128, extra over a bare step (median of epochs)", '; '.join(cells)))
+            row = re.search(r'\n\s+256\s+([\d.]+)\s+[\d.]+\s+([+-]?[\d.]+)%\s+([+-]?[\d.]+)%\s+([+-]?[\d.]+)%\s+[+-]?[\d.]+%\s+[\d.]+\s+([\d.]+)%', sec)
+            if row: cells.append(f"`{kind}` ({float(row[1]) / 1e3:.1f} ms step): whole step {float(row[2]):+.1f}% (paired by round {float(row[3]):+.1f}%, fastest epoch {float(row[4]):+.1f}%), FDS's hook in the fit {row[5]}%")
+        if cells: rows.append(("`FDS`, CPU, 256 features, batch 128, extra over a bare step (medians over rounds)", '; '.join(cells)))
     return rows
 
 

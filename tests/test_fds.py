@@ -171,6 +171,23 @@ def test_accumulation_is_exact_far_from_zero():
         close(st.running_mean[b], x[idx == b].mean(0), 'mean'); close(st.running_var[b], x[idx == b].var(0), 'var')
 
 
+def test_unit_silent_in_one_bin_keeps_exactly_zero_variance():
+    "float32 features, a ReLU unit that is 0 for every sample of one bin only: its variance there is exactly 0 every epoch, and calibration leaves it 0"
+    g = torch.Generator().manual_seed(3)
+    st = FDSStats(4, fds_kernel_window('triang', 3), 0, 1, 0.9, lag=False)
+    for e in range(4):
+        for _ in range(10):
+            idx = torch.randint(0, 4, (128,), generator=g)
+            x = (torch.randn(128, 3, generator=g) + 5.1234567 * idx[:, None]).relu()
+            x[idx == 0, 1] = 0.  # silent in bin 0, active in bins 1-3 (their means about 5 to 15)
+            z = st.calibrate(x, idx)
+            assert (z[idx == 0, 1] == 0).all(), f"epoch {e}: a silent unit was moved"
+            st.accumulate(x, idx)
+        st.end_epoch()
+        assert st.running_var[0, 1] == 0 and st.running_mean[0, 1] == 0, e
+    assert st.calibrating and (st.smoothed_mean[0, 1] > 1)  # its neighbours' mean, which it would be moved towards
+
+
 def test_stats_follow_the_batch_device_and_dtype():
     st = FDSStats(4, fds_kernel_window('triang', 3), 0, 0, 0.9, lag=False)
     x, idx = torch.randn(10, 3), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
@@ -186,8 +203,7 @@ def test_stats_follow_the_batch_device_and_dtype():
 
 @pytest.mark.parametrize('kind', ['float32', 'float64', 'int64', 'float32 labels, float64 bins'])
 def test_batch_binning_is_the_lds_rule(kind):
-    "The hook's lean binning gives exactly `LDSBins.bin_index`, out-of-range, NaN and edge labels included"
-    from tsai_cbs.fds import _bin_index
+    "The hook's lean binning (`LDSBins._bin_fast`) gives exactly `LDSBins.bin_index`, out-of-range, NaN and edge labels included"
     g = torch.Generator().manual_seed(0)
     if kind == 'int64': train, y = torch.randint(0, 40, (500,), generator=g), torch.randint(-5, 50, (300,), generator=g)
     else:
@@ -197,7 +213,7 @@ def test_batch_binning_is_the_lds_rule(kind):
         y = torch.cat([y, train[:50]])  # the very values the bins were made from (edges included)
         if kind.startswith('float32 labels'): train = train.double()
     bins = lds_bins(train, reweight='none')
-    assert torch.equal(_bin_index(bins, y), bins.bin_index(y))
+    assert torch.equal(bins._bin_fast(y), bins.bin_index(y))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from fastai.callback.core import Callback
 from fastcore.basics import patch
 from .core import check_type, check_number, check_choice, on_fit_end, is_training_fit, inner_dl, distrib_initialized, warn0, _QuickHooks
 from .lds import LDSBins, lds_bins, get_lds_kernel_window, LDS_KERNELS
+from .loss_weights import _batch_device
 
 # %% auto #0
 __all__ = ['FDS_KERNELS', 'fds_kernel_window', 'FDSStats', 'FDS']
@@ -66,8 +67,8 @@ class FDSStats:
         self.tracked = torch.zeros(self.n_bins, dtype=torch.float64, device=device)
 
     def _ready(self, x):
-        "Allocate (first batch) or move (other device) the statistics for features `x`; check their size"
-        nf = x[0].numel()
+        "Allocate (first batch) or move (other device) the statistics for the (n, features) `x`; check their size"
+        nf = x.shape[1]
         if self.n_features is None: self._alloc(nf, x.device)
         elif nf != self.n_features:
             raise RuntimeError(f"FDS: the features have {nf} values per sample, its statistics {self.n_features}")
@@ -75,10 +76,9 @@ class FDSStats:
 
     def to(self, device):
         "Move the statistics to `device`; returns `self`"
-        for k in ('running_mean', 'running_var', 'smoothed_mean', 'smoothed_var', 'tracked'):
+        for k in ('running_mean', 'running_var', 'smoothed_mean', 'smoothed_var', 'tracked', '_acc'):
             v = getattr(self, k)
             if v is not None: setattr(self, k, v.to(device))
-        if self._acc is not None: self._acc = tuple(t.to(device) for t in self._acc)
         self._scratch, self._tables = None, {}
         return self
 
@@ -89,21 +89,35 @@ def accumulate(self:FDSStats,
                idx:torch.Tensor): # int64 bin of each sample (n,), on the features' device
     "Add the features `x` (n, ...) of bins `idx` (n,) to this epoch's per-bin sums (no-op before `start_update`)"
     if self.epoch < self.start_update: return
-    x = x.detach().reshape(len(x), -1)
+    x = x.detach().flatten(1)
     self._ready(x)
+    self._sum_rows(x, self._table(self._sums_dtype(x.dtype), x.device)[0].index_select(0, idx), idx)
+
+def _work_dtype(dt): return dt if dt in (torch.float32, torch.float64) else torch.float32
+
+@patch
+def _sums_dtype(self:FDSStats, dt):
+    "The dtype this epoch's features are shifted in: its first batch's (float32 for half precision)"
+    if self._acc is None: self._acc_dtype = _work_dtype(dt)
+    return self._acc_dtype
+
+@patch
+def _sum_rows(self:FDSStats, x, shift, idx):
+    "Add the rows of `x` (n, features), less their bins' `shift` rows (in the sums' dtype), to this epoch's float64 sums"
     n, nf = x.shape
-    with torch.no_grad():
-        if self._acc is None: self._acc = tuple(torch.zeros(self.n_bins, k, dtype=torch.float64, device=x.device) for k in (nf, nf, 1))
-        sc = self._scratch
-        # reused buffers: on the CPU a fresh 1 MB tensor per batch costs more in page faults than the sums themselves
-        if sc is None or len(sc[0]) < n or sc[0].device != x.device:
-            sc = self._scratch = (*torch.empty(2, n, nf, dtype=torch.float64, device=x.device), torch.ones(n, 1, dtype=torch.float64, device=x.device))
-        d, d2, one = sc[0][:n], sc[1][:n], sc[2][:n]
-        torch.index_select(self.running_mean, 0, idx, out=d)
-        torch.sub(x, d, out=d)  # shifted by the bin's running mean: no cancellation far from zero
-        torch.mul(d, d, out=d2)
-        s, q, c = self._acc
-        s.index_add_(0, idx, d); q.index_add_(0, idx, d2); c.index_add_(0, idx, one)
+    if self._acc is None: self._acc = torch.zeros(self.n_bins, 2 * nf + 1, dtype=torch.float64, device=x.device)
+    sc = self._scratch
+    # reused buffers: on the CPU a fresh 0.5 MB tensor per batch costs more in page faults than the sums themselves
+    if sc is None or sc[0].shape[0] != n or sc[0].device != x.device or sc[3].dtype != shift.dtype:
+        buf = torch.empty(n, 2 * nf + 1, dtype=torch.float64, device=x.device)
+        buf[:, 2 * nf] = 1
+        d = buf[:, :nf]
+        sc = self._scratch = (buf, d, buf[:, nf:2 * nf], d if shift.dtype == torch.float64 else torch.empty(n, nf, dtype=shift.dtype, device=x.device))
+    buf, d, q, dx = sc
+    torch.sub(x.to(shift.dtype), shift, out=dx)  # in the shift's dtype: exact zeros where a feature equals its bin's shift
+    if dx is not d: d.copy_(dx)
+    torch.mul(d, d, out=q)
+    self._acc.index_add_(0, idx, buf)
 
 @patch
 def drop_sums(self:FDSStats):
@@ -115,18 +129,20 @@ def end_epoch(self:FDSStats,
               reduce=None): # called with the (bins, 2 x features + 1) float64 sums to combine them in place, e.g. an all-reduce
     "Fold this epoch's sums into the running statistics and smooth them; `reduce` (e.g. an all-reduce) is applied to the sums first"
     e, self.epoch = self.epoch, self.epoch + 1
-    acc, self._acc, self._tables = self._acc, None, {}
+    acc, self._acc = self._acc, None
+    shift = None if acc is None else self._table(self._acc_dtype, acc.device)[0]  # the running means the sums were taken from
+    self._tables = {}
     if e < self.start_update or self.n_features is None: return
-    with torch.no_grad(): self._fold(e, acc, reduce)
+    with torch.no_grad(): self._fold(e, acc, shift, reduce)
 
 @patch
-def _fold(self:FDSStats, e, acc, reduce):
+def _fold(self:FDSStats, e, acc, shift, reduce):
     nf, dev = self.n_features, self.running_mean.device
-    acc = torch.zeros(self.n_bins, 2 * nf + 1, dtype=torch.float64, device=dev) if acc is None else torch.cat(acc, 1)
+    if acc is None: acc = torch.zeros(self.n_bins, 2 * nf + 1, dtype=torch.float64, device=dev)
     if reduce is not None: reduce(acc)
     s, q, n = acc[:, :nf], acc[:, nf:2 * nf], acc[:, 2 * nf]
     seen, n1 = (n > 0)[:, None], n.clamp_min(1)[:, None]
-    mean = self.running_mean + s / n1
+    mean = (self.running_mean if shift is None else shift.double()) + s / n1
     var = torch.where(n[:, None] > 1, (q - s * s / n1).clamp_min(0) / (n1 - 1).clamp_min(1), 0.)  # one sample: 0, as the reference
     if self.lag and e > self.start_update:  # the reference smooths the running statistics before this epoch's update
         self.smoothed_mean, self.smoothed_var = _smooth_bins(self.running_mean, self.window), _smooth_bins(self.running_var, self.window)
@@ -150,14 +166,14 @@ def calibrating(self:FDSStats) -> bool:
 
 @patch
 def _table(self:FDSStats, dtype, device):
-    "Per bin: the factor and offset of the calibration, `z * a + b`, as a (2, bins, features) table (float64 arithmetic)"
+    "Per bin, a (3, bins, features) table in `dtype` for this epoch: the running mean (the sums' shift), and the factor and offset of the calibration `z * a + b` (float64 arithmetic)"
     t = self._tables.get((dtype, device))
     if t is None:
         m1, v1, m2, v2 = self.running_mean, self.running_var, self.smoothed_mean, self.smoothed_var
         valid = (v1 != 0) & (v1.sum(1, keepdim=True) >= 1e-10)
         a = torch.where(valid, (v2 / torch.where(valid, v1, 1.)).clamp(0.1, 10).sqrt(), 1.)
         b = torch.where(valid, m2 - m1 * a, 0.)
-        t = self._tables[(dtype, device)] = torch.stack([a, b]).to(device, dtype)
+        t = self._tables[(dtype, device)] = torch.stack([m1, a, b]).to(device, dtype)
     return t
 
 @patch
@@ -165,11 +181,27 @@ def calibrate(self:FDSStats,
               x:torch.Tensor, # features (n, ...)
               idx:torch.Tensor): # int64 bin of each sample (n,), on the features' device
     "Features `x` (n, ...) of bins `idx` (n,) calibrated to the smoothed statistics (`x` itself when not `calibrating`)"
-    if not self.calibrating: return x
-    self._ready(x)
-    dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    g = self._table(dt, x.device).index_select(1, idx)
-    return torch.addcmul(g[1], x.reshape(len(x), -1).to(dt), g[0]).to(x.dtype).view(x.shape)
+    if not (self.live and self.epoch >= self.start_smooth): return x  # `calibrating`, read at every batch
+    z = x.flatten(1)
+    self._ready(z)
+    dt = _work_dtype(x.dtype)
+    _, a, b = self._table(dt, x.device).index_select(1, idx)
+    return torch.addcmul(b, z.to(dt), a).to(x.dtype).view(x.shape)
+
+@patch
+def _step(self:FDSStats, x, idx):
+    "`accumulate` then `calibrate` (FDS's hook) with one gather of the bins' rows of the table"
+    upd, cal = self.epoch >= self.start_update, self.live and self.epoch >= self.start_smooth
+    if not (upd or cal): return x
+    z = x.flatten(1)
+    self._ready(z)
+    dt = _work_dtype(x.dtype)
+    if cal: m, a, b = self._table(dt, x.device).index_select(1, idx)
+    if upd:
+        sd = self._sums_dtype(dt)
+        if not cal or sd != dt: m = self._table(sd, x.device)[0].index_select(0, idx)
+        self._sum_rows(z.detach(), m, idx)
+    return torch.addcmul(b, z.to(dt), a).to(x.dtype).view(x.shape) if cal else x
 
 # %% ../nbs/14_fds.ipynb #dbf8ff7f
 _STATE_TENSORS = ('running_mean', 'running_var', 'smoothed_mean', 'smoothed_var', 'tracked')
@@ -302,15 +334,19 @@ class FDS(_QuickHooks, Callback):
         if not self._active: return
         mod, self.layer_name, self._layout, self.stats = self._check_fit()
         _check_reach(self.window, self._layout.n_bins)
+        dev = _batch_device(self.learn.dls.train, self.learn.model)
+        for dt in {self._layout.dtype, torch.float32, torch.float64}: self._layout._edges_for(dev, dt)  # now, not in a batch: they read values back
         if self.feature == 'input': self._handle = mod.register_forward_pre_hook(self._pre_hook)
         else: self._handle = mod.register_forward_hook(self._hook)
         on_fit_end(self.learn, self._remove)
 
     def before_train(self):
         if self._active: self.stats.drop_sums()  # sums of an epoch cut short by an earlier, interrupted fit
-    def before_batch(self): self._armed = self._active
-    def after_pred(self): self._armed = False
-    def after_batch(self): self._armed = False
+    # the hook works from `before_batch` to `after_pred` of a training batch only; `__dict__` because fastai's
+    # `Callback.__setattr__` looks every name up on the Learner first (3 us a set, three sets a batch)
+    def before_batch(self): self.__dict__['_armed'] = self._active
+    def after_pred(self): self.__dict__['_armed'] = False
+    def after_cancel_batch(self): self.__dict__['_armed'] = False
 
     def after_train(self):
         self._armed = False
@@ -325,11 +361,6 @@ class FDS(_QuickHooks, Callback):
 # %% ../nbs/14_fds.ipynb #190b3fab
 def _all_reduce(t): torch.distributed.all_reduce(t)
 
-def _bin_index(bins, y):
-    "int64 bins of the labels `y` by `bins`' rule: `LDSBins.bin_index` in five ops, without its checks and chunking (a third of its time on a batch)"
-    t = y.to(bins.dtype) if y.dtype != bins.dtype else y
-    return torch.sub(t, bins.lo).mul_(bins.scale).nan_to_num_(nan=0.).clamp_(0, bins.n_bins - 1).long()
-
 def _plain(t): return t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor)
 
 @patch
@@ -343,11 +374,10 @@ def _features(self:FDS, x):
     if y is None or y.shape[:1] != x.shape[:1] or (y.ndim > 1 and y[0].numel() != 1):
         raise RuntimeError(f"FDS needs one label per sample: features of shape {tuple(x.shape)} but target "
                            f"{tuple(y.shape) if y is not None else type(yb[0]).__name__ if len(yb) else 'missing'}")
-    idx = _bin_index(self._layout, y.reshape(-1))
+    idx = self._layout._bin_fast(y.reshape(-1))
     if idx.device != x.device: idx = idx.to(x.device, non_blocking=True)
     xp = _plain(x)
-    self.stats.accumulate(xp, idx)
-    out = self.stats.calibrate(xp, idx)
+    out = self.stats._step(xp, idx)
     return x if out is xp else out if type(x) is torch.Tensor else out.as_subclass(type(x))
 
 @patch
