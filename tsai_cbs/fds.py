@@ -124,6 +124,7 @@ def drop_sums(self:FDSStats):
     "Forget the sums of the epoch in progress (e.g. one cut short)"
     self._acc = None
 
+# %% ../nbs/14_fds.ipynb #7d9b64d7
 @patch
 def end_epoch(self:FDSStats,
               reduce=None): # called with the (bins, 2 x features + 1) float64 sums to combine them in place, e.g. an all-reduce
