@@ -182,7 +182,7 @@ def calibrate(self:FDSStats,
               x:torch.Tensor, # features (n, ...)
               idx:torch.Tensor): # int64 bin of each sample (n,), on the features' device
     "Features `x` (n, ...) of bins `idx` (n,) calibrated to the smoothed statistics (`x` itself when not `calibrating`)"
-    if not (self.live and self.epoch >= self.start_smooth): return x  # `calibrating`, read at every batch
+    if not self.calibrating: return x
     z = x.flatten(1)
     self._ready(z)
     dt = _work_dtype(x.dtype)
@@ -192,7 +192,7 @@ def calibrate(self:FDSStats,
 @patch
 def _step(self:FDSStats, x, idx):
     "`accumulate` then `calibrate` (FDS's hook) with one gather of the bins' rows of the table"
-    upd, cal = self.epoch >= self.start_update, self.live and self.epoch >= self.start_smooth
+    upd, cal = self.epoch >= self.start_update, self.calibrating
     if not (upd or cal): return x
     z = x.flatten(1)
     self._ready(z)
